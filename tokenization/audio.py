@@ -54,8 +54,8 @@ def load_audio(
     with sf.SoundFile(handle) as f:
         sr, channels = f.samplerate, f.channels
         if start_s:
-            f.seek(int(round(start_s * sr)))
-        frames = -1 if end_s is None else max(0, int(round((end_s - start_s) * sr)))
+            f.seek(round(start_s * sr))
+        frames = -1 if end_s is None else max(0, round((end_s - start_s) * sr))
         wav = f.read(frames=frames, dtype="float32", always_2d=True)
     mono = to_mono(wav)
     out_sr = target_sr or sr

@@ -1,0 +1,34 @@
+"""Test-session setup shared by all test modules.
+
+Ray: one local cluster for the whole run (RAY.md: init costs 5–10 s), with more logical CPUs than the
+2 physical ones so Ray Train workers and Ray Data tasks cannot starve each other.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local Ray cluster shared by every test that needs one (never joins an existing cluster)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=4, object_store_memory=1 << 30, include_dashboard=False,
+                 log_to_driver=False)
+    yield ray
+    ray.shutdown()

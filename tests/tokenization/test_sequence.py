@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tokenization.codecs.base import CodecIdentity
+from tokenization.sequence import (
+    Part,
+    Span,
+    Turn,
+    build_chat,
+    build_document,
+    spans_from_ids,
+    spans_from_pylist,
+    spans_to_pylist,
+    validate_spans,
+)
+from tokenization.text import load_text_tokenizer
+from tokenization.vocab import EOA_FINAL, IM_END, SOA_FINAL, UnifiedVocab
+
+VOCAB = UnifiedVocab(load_text_tokenizer(), CodecIdentity("test", "1", 25.0, 512, 16000, 16000, "h"))
+
+words = st.text(alphabet="abc xyz,.?", min_size=1, max_size=12)
+codes = st.lists(st.integers(0, 511), min_size=1, max_size=20)
+
+
+@st.composite
+def turns(draw: st.DrawFn) -> list[Turn]:
+    out = []
+    for i in range(draw(st.integers(1, 5))):
+        role = ["system", "user", "assistant"][min(i, 1) if i < 2 else 1 + i % 2]
+        parts = []
+        for _ in range(draw(st.integers(0, 4))):
+            if draw(st.booleans()):
+                parts.append(Part(text=draw(words)))
+            else:
+                parts.append(Part.audio(draw(codes)))
+        if role == "assistant" and draw(st.booleans()):
+            parts.append(Part.audio(draw(codes), final=True))
+        out.append(Turn(role, parts))
+    return out
+
+
+@settings(max_examples=80, deadline=None)
+@given(turns())
+def test_chat_spans_partition_and_validate(ts: list[Turn]) -> None:
+    seq = build_chat(VOCAB, ts)
+    validate_spans(VOCAB, seq.input_ids, seq.spans)
+    assert sum(len(s) for s in seq.spans) == len(seq.input_ids)
+    for s in seq.spans:
+        assert s.is_target == (s.role == "assistant" and (s.kind == "audio" or _is_content(seq, s)))
+        assert ts[s.turn].role == s.role
+    # audio spans found from ids alone agree with the builder's table
+    found = [(s.start, s.end, s.is_final_in_turn) for s in spans_from_ids(VOCAB, seq.input_ids) if s.kind == "audio"]
+    built = [(s.start, s.end, s.is_final_in_turn) for s in seq.spans if s.kind == "audio"]
+    assert found == built
+    assert spans_from_pylist(spans_to_pylist(seq.spans)) == seq.spans
+
+
+def _is_content(seq, s: Span) -> bool:
+    """Target text spans never contain the role header or the newline after <|im_end|>."""
+    ids = seq.input_ids[s.start:s.end].tolist()
+    return VOCAB.id("<|im_start|>") not in ids and s.is_target
+
+
+def test_assistant_turn_targets_and_im_end() -> None:
+    seq = build_chat(VOCAB, [Turn("user", [Part.audio([1, 2, 3])]),
+                             Turn("assistant", [Part(text="hi"), Part.audio([4, 5], final=True)])])
+    targets = [s for s in seq.spans if s.is_target]
+    assert [s.kind for s in targets] == ["text", "audio", "text"]
+    assert seq.input_ids[targets[-1].end - 1] == VOCAB.id(IM_END)
+    final = targets[1]
+    assert seq.input_ids[final.start] == VOCAB.id(SOA_FINAL) and seq.input_ids[final.end - 1] == VOCAB.id(EOA_FINAL)
+    user_audio = [s for s in seq.spans if s.kind == "audio" and not s.is_target]
+    assert len(user_audio) == 1 and not user_audio[0].is_final_in_turn
+    assert seq.n_audio_tokens == 5 + 4
+
+
+def test_multi_turn_boundaries_are_per_turn() -> None:
+    seq = build_chat(VOCAB, [Turn("user", [Part(text="a")]), Turn("assistant", [Part(text="b")]),
+                             Turn("user", [Part(text="c")]), Turn("assistant", [Part(text="d")])])
+    target_turns = sorted({s.turn for s in seq.spans if s.is_target})
+    assert target_turns == [1, 3]
+
+
+def test_validate_rejects_mismatched_closer_and_cut_spans() -> None:
+    seq = build_chat(VOCAB, [Turn("assistant", [Part.audio([1, 2, 3], final=True)])])
+    ids = seq.input_ids.copy()
+    span = next(s for s in seq.spans if s.kind == "audio")
+    ids[span.end - 1] = VOCAB.id("<|end_of_audio_new|>")
+    with pytest.raises(ValueError, match="closer"):
+        validate_spans(VOCAB, ids, seq.spans)
+    with pytest.raises(ValueError, match="covers"):
+        validate_spans(VOCAB, seq.input_ids, seq.spans[:-1])
+    empty = [*seq.spans[:-1], Span("text", seq.spans[-1].start, seq.spans[-1].start, "assistant", False)]
+    with pytest.raises(ValueError, match="partition"):
+        validate_spans(VOCAB, seq.input_ids, empty)
+
+
+def test_unclosed_truncated_span_is_valid() -> None:
+    seq = build_chat(VOCAB, [Turn("assistant", [Part.audio([1, 2, 3], final=True, closed=False)])])
+    validate_spans(VOCAB, seq.input_ids, seq.spans)
+
+
+def test_document_all_targets_and_eos() -> None:
+    seq = build_document(VOCAB, [Part(text="one"), Part.audio([7, 8]), Part(text="two"), Part.audio([9], final=True)])
+    validate_spans(VOCAB, seq.input_ids, seq.spans)
+    assert all(s.is_target for s in seq.spans)
+    assert seq.input_ids[-1] == VOCAB.pad_id
+    assert np.array_equal(
+        np.concatenate([seg.codes for seg in VOCAB.segments(seq.input_ids) if seg.kind == "audio"]), [7, 8, 9]
+    )

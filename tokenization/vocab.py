@@ -1,0 +1,255 @@
+"""The unified vocabulary V = V_text ∪ V_audio ∪ S and its manifest.
+
+Layouts:
+- "compact" (default): text ids [0, T) as the tokenizer defines them, then our specials, then one token
+  per codec code. Works for any codec size.
+- "reference": reproduces the TtT reference checkpoint's ids (PAPER.md): <|audio|>=151684, codes
+  151685..168068, <|mask_token|>=168069, <|end_of_audio_new|>=168070, <|end_of_audio_span_last|>=168071.
+  Requires a 16,384-code codec and a tokenizer with at most 151,669 ids. The reference does not publish
+  the ids of its span-open/user-close markers; we put them in the free slots 151669.. in a fixed order.
+
+The manifest is the contract between shards, checkpoints and the sampler: anything that changes what an
+id means (tokenizer file, codec identity, layout, special ids) changes the manifest, and
+`check_compatible` refuses to mix them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tokenization.codecs.base import CodecIdentity
+from tokenization.text import TextTokenizer
+
+MANIFEST_FORMAT = 1
+
+# Our span markers, named after the reference implementation's tokens (PAPER.md).
+SOA = "<|begin_of_audio|>"  # opens user audio and non-final generated spans
+SOA_FINAL = "<|begin_of_quad|>"  # opens the final, variable-length span of a turn
+EOA_USER = "<|end_of_audio|>"  # closes user (prompt) audio
+EOA = "<|end_of_audio_new|>"  # closes a generated non-final span
+EOA_FINAL = "<|end_of_audio_span_last|>"  # closes the final span of a turn
+MASK = "<|mask_token|>"
+AUDIO_TAG = "<|audio|>"
+# Qwen chat specials (present in every Qwen2/2.5/3 tokenizer).
+IM_START, IM_END, ENDOFTEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
+
+OUR_SPECIALS = (SOA, SOA_FINAL, EOA_USER, EOA, EOA_FINAL, MASK, AUDIO_TAG)
+OPENERS = (SOA, SOA_FINAL)
+CLOSERS = (EOA_USER, EOA, EOA_FINAL)
+AUDIO_TOKEN_RE = re.compile(r"<\|audio_(\d+)\|>")
+_SPECIAL_RE = re.compile(r"(<\|audio_\d+\|>|<\|[a-z_]+\|>)")
+
+_REFERENCE_IDS = {
+    SOA: 151669, SOA_FINAL: 151670, EOA_USER: 151671, AUDIO_TAG: 151684,
+    MASK: 168069, EOA: 168070, EOA_FINAL: 168071,
+}
+_REFERENCE_AUDIO_OFFSET, _REFERENCE_CODEBOOK, _REFERENCE_SIZE = 151685, 16384, 168072
+
+
+class VocabMismatchError(ValueError):
+    """Shards, checkpoint or sampler disagree about what token ids mean."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A decoded piece of a sequence: text, an audio-code run, or one special token."""
+
+    kind: str  # "text" | "audio" | "special"
+    text: str = ""
+    codes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+
+class UnifiedVocab:
+    """Maps text, audio codes and span markers to one id space, and back."""
+
+    def __init__(self, text: TextTokenizer, codec: CodecIdentity, layout: str = "compact") -> None:
+        self.text = text
+        self.codec = codec
+        self.layout = layout
+        t = text.vocab_size
+        qwen = {tok: text.token_to_id(tok) for tok in (IM_START, IM_END, ENDOFTEXT)}
+        missing = [k for k, v in qwen.items() if v is None]
+        if missing:
+            raise VocabMismatchError(f"text tokenizer {text.name} lacks Qwen chat tokens {missing}")
+        ours: dict[str, int]
+        if layout == "compact":
+            ours = {tok: t + i for i, tok in enumerate(OUR_SPECIALS)}
+            self.audio_offset = t + len(OUR_SPECIALS)
+            self.size = self.audio_offset + codec.codebook_size
+        elif layout == "reference":
+            if codec.codebook_size != _REFERENCE_CODEBOOK or t > min(_REFERENCE_IDS.values()):
+                raise VocabMismatchError(
+                    f"reference layout needs a {_REFERENCE_CODEBOOK}-code codec and ≤151669 text ids; "
+                    f"got {codec.codebook_size} codes, {t} text ids"
+                )
+            ours = dict(_REFERENCE_IDS)
+            self.audio_offset, self.size = _REFERENCE_AUDIO_OFFSET, _REFERENCE_SIZE
+        else:
+            raise ValueError(f"unknown vocabulary layout {layout!r} (compact | reference)")
+        self.specials: dict[str, int] = {**{k: int(v) for k, v in qwen.items()}, **ours}
+        self._by_id = {v: k for k, v in self.specials.items()}
+        self.text_vocab_size = t
+        self.codebook_size = codec.codebook_size
+
+    # ---- ids of the roles the model and sampler care about -------------------------------------
+    @property
+    def mask_id(self) -> int:
+        return self.specials[MASK]
+
+    @property
+    def pad_id(self) -> int:
+        return self.specials[ENDOFTEXT]
+
+    @property
+    def eos_id(self) -> int:
+        return self.specials[IM_END]
+
+    def id(self, token: str) -> int:
+        return self.specials[token]
+
+    def opener_ids(self) -> tuple[int, int]:
+        return self.specials[SOA], self.specials[SOA_FINAL]
+
+    def closer_ids(self) -> tuple[int, int, int]:
+        return self.specials[EOA_USER], self.specials[EOA], self.specials[EOA_FINAL]
+
+    def padded_size(self, multiple: int = 64) -> int:
+        """Embedding rows to allocate: the vocabulary rounded up for efficient matmuls."""
+        return -(-self.size // multiple) * multiple
+
+    # ---- encoding -------------------------------------------------------------------------------
+    def encode_text(self, text: str) -> list[int]:
+        return self.text.encode(text)
+
+    def audio_ids(self, codes: Iterable[int] | np.ndarray) -> np.ndarray:
+        codes = np.asarray(codes, dtype=np.int64)
+        if codes.size and (codes.min() < 0 or codes.max() >= self.codebook_size):
+            raise ValueError(f"audio codes out of range [0, {self.codebook_size})")
+        return codes + self.audio_offset
+
+    def is_audio(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids)
+        return (ids >= self.audio_offset) & (ids < self.audio_offset + self.codebook_size)
+
+    def encode_mixed(self, s: str) -> list[int]:
+        """Text with inline special tokens and `<|audio_N|>` codes (the reference TtT format) -> ids.
+
+        Raises ValueError on unknown `<|...|>` tokens or out-of-range codes,
+        so imported data is validated against this vocabulary rather than silently re-tokenized.
+        """
+        out: list[int] = []
+        for piece in _SPECIAL_RE.split(s):
+            if not piece:
+                continue
+            m = AUDIO_TOKEN_RE.fullmatch(piece)
+            if m:
+                out.extend(self.audio_ids([int(m.group(1))]).tolist())
+            elif piece in self.specials:
+                out.append(self.specials[piece])
+            elif piece.startswith("<|") and piece.endswith("|>") and self.text.token_to_id(piece) is not None:
+                out.append(int(self.text.token_to_id(piece)))
+            elif _SPECIAL_RE.fullmatch(piece):
+                raise ValueError(f"unknown special token {piece!r} (not in this vocabulary)")
+            else:
+                out.extend(self.encode_text(piece))
+        return out
+
+    # ---- decoding -------------------------------------------------------------------------------
+    def segments(self, ids: Iterable[int]) -> list[Segment]:
+        """ids -> [text | audio codes | special] runs; the inverse of building a sequence."""
+        out: list[Segment] = []
+        text_run: list[int] = []
+        audio_run: list[int] = []
+
+        def flush() -> None:
+            if text_run:
+                out.append(Segment("text", text=self.text.decode(text_run)))
+                text_run.clear()
+            if audio_run:
+                out.append(Segment("audio", codes=np.asarray(audio_run, dtype=np.int64) - self.audio_offset))
+                audio_run.clear()
+
+        for i in (int(x) for x in ids):
+            if self.audio_offset <= i < self.audio_offset + self.codebook_size:
+                if text_run:
+                    flush()
+                audio_run.append(i)
+            elif i in self._by_id:
+                flush()
+                out.append(Segment("special", text=self._by_id[i]))
+            elif 0 <= i < self.text_vocab_size:
+                if audio_run:
+                    flush()
+                text_run.append(i)
+            else:
+                raise ValueError(f"id {i} outside the vocabulary (size {self.size})")
+        flush()
+        return out
+
+    def to_mixed_string(self, ids: Iterable[int]) -> str:
+        """ids -> the reference's inline string format (text, specials, `<|audio_N|>`)."""
+        parts = []
+        for seg in self.segments(ids):
+            if seg.kind == "audio":
+                parts.append("".join(f"<|audio_{c}|>" for c in seg.codes.tolist()))
+            else:
+                parts.append(seg.text)
+        return "".join(parts)
+
+    # ---- manifest -------------------------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "format": MANIFEST_FORMAT,
+            "layout": self.layout,
+            "text_tokenizer": {"name": self.text.name, "sha256": self.text.sha256,
+                               "vocab_size": self.text_vocab_size},
+            "codec": self.codec.to_dict(),
+            "audio_offset": self.audio_offset,
+            "codebook_size": self.codebook_size,
+            "vocab_size": self.size,
+            "special_tokens": dict(sorted(self.specials.items(), key=lambda kv: kv[1])),
+        }
+
+
+# Fields whose difference changes the meaning of ids (names are informational only).
+_IDENTITY_KEYS = ("format", "layout", "audio_offset", "codebook_size", "vocab_size", "special_tokens")
+
+
+def check_compatible(ours: Mapping[str, Any], theirs: Mapping[str, Any], what: str = "shards") -> None:
+    """Raise VocabMismatchError naming every field where two manifests disagree."""
+    diffs = [k for k in _IDENTITY_KEYS if ours.get(k) != theirs.get(k)]
+    if ours.get("text_tokenizer", {}).get("sha256") != theirs.get("text_tokenizer", {}).get("sha256"):
+        diffs.append("text_tokenizer.sha256")
+    oc, tc = dict(ours.get("codec", {})), dict(theirs.get("codec", {}))
+    diffs += [f"codec.{k}" for k in ("name", "version", "token_rate", "codebook_size", "params_hash")
+              if oc.get(k) != tc.get(k)]
+    if diffs:
+        detail = "; ".join(f"{k}: {_get(ours, k)!r} != {_get(theirs, k)!r}" for k in diffs)
+        raise VocabMismatchError(f"vocabulary manifest of {what} does not match: {detail}")
+
+
+def _get(m: Mapping[str, Any], dotted: str) -> Any:
+    cur: Any = m
+    for part in dotted.split("."):
+        cur = cur.get(part) if isinstance(cur, Mapping) else None
+    return cur
+
+
+def write_manifest(manifest: Mapping[str, Any], path: str | Path, **extra: Any) -> None:
+    """Write a manifest (plus extra sections such as per-source counts) as stable, sorted JSON."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps({**manifest, **extra}, indent=2, sort_keys=True) + "\n")
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"vocabulary manifest not found: {p}")
+    return json.loads(p.read_text())

@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.nn.attention.flex_attention import create_mask, flex_attention
+
+from ttt_model.attention import build_attention, flex_block_mask, mask_mod_for, sdpa_mask
+
+
+def brute_force(doc: list[int], block: list[int]) -> list[list[bool]]:
+    """The specification, one (q, k) pair at a time."""
+    n = len(doc)
+    return [
+        [(doc[q] == doc[k] != -1 and (k <= q or (block[q] != -1 and block[q] == block[k]))) or q == k for k in range(n)]
+        for q in range(n)
+    ]
+
+
+@st.composite
+def rows(draw: st.DrawFn, max_len: int = 40) -> tuple[list[int], list[int]]:
+    """A packed row: samples made of causal runs and bidirectional blocks, then padding."""
+    doc: list[int] = []
+    block: list[int] = []
+    n_docs = n_blocks = 0
+    while len(doc) < max_len and draw(st.booleans()):
+        for _ in range(draw(st.integers(1, 4))):
+            length = draw(st.integers(1, 6))
+            is_block = draw(st.booleans())
+            doc += [n_docs] * length
+            block += [n_blocks if is_block else -1] * length
+            n_blocks += is_block
+        n_docs += 1
+    pad = draw(st.integers(0, 5))
+    return (doc + [-1] * pad)[:max_len] or [-1], (block + [-1] * pad)[:max_len] or [-1]
+
+
+@st.composite
+def batches(draw: st.DrawFn) -> tuple[torch.Tensor, torch.Tensor]:
+    rs = draw(st.lists(rows(), min_size=1, max_size=3))
+    length = max(len(d) for d, _ in rs)
+    doc = torch.tensor([d + [-1] * (length - len(d)) for d, _ in rs])
+    block = torch.tensor([b + [-1] * (length - len(b)) for _, b in rs])
+    return doc, block
+
+
+def dense_brute_force(doc: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+    return torch.tensor([brute_force(d, b) for d, b in zip(doc.tolist(), block.tolist(), strict=True)])[:, None]
+
+
+@settings(max_examples=150, deadline=None)
+@given(batches())
+def test_sdpa_mask_equals_brute_force(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    doc, block = batch
+    mask = sdpa_mask(doc, block)
+    assert mask.dtype == torch.bool and mask.shape == (doc.shape[0], 1, doc.shape[1], doc.shape[1])
+    assert torch.equal(mask, dense_brute_force(doc, block))
+
+
+@settings(max_examples=25, deadline=None)
+@given(batches())
+def test_flex_block_mask_equals_brute_force(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    doc, block = batch
+    expected = dense_brute_force(doc, block)
+    b, n = doc.shape
+    assert torch.equal(create_mask(mask_mod_for(doc, block), b, None, n, n, device="cpu"), expected)
+    tile = 8
+    block_mask = flex_block_mask(doc, block, block_size=tile)
+    padded = F.pad(expected, (0, -n % tile, 0, -n % tile))
+    tiles = padded.reshape(b, 1, padded.shape[2] // tile, tile, padded.shape[3] // tile, tile).any(5).any(3)
+    assert torch.equal(block_mask.to_dense().bool(), tiles)
+
+
+def test_flex_attention_matches_sdpa_on_cpu() -> None:
+    torch.manual_seed(0)
+    doc = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1, 1, -1, -1, -1]])
+    block = torch.tensor([[-1, 0, 0, 0, -1, 1, 1, -1, -1, -1, -1, -1]])
+    q, k, v = torch.randn(3, 1, 2, 12, 8).unbind(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # eager flex_attention warns that it is not compiled
+        out = flex_attention(q, k, v, block_mask=build_attention(_Meta(doc, block), "flex"))
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=build_attention(_Meta(doc, block), "sdpa"))
+    torch.testing.assert_close(out, ref)
+
+
+class _Meta:
+    def __init__(self, doc: torch.Tensor, block: torch.Tensor) -> None:
+        self.doc_ids, self.block_ids = doc, block
+
+
+def test_padding_rows_do_not_produce_nan() -> None:
+    doc = torch.tensor([[0, 0, -1, -1], [-1, -1, -1, -1]])
+    block = torch.full_like(doc, -1)
+    q = torch.randn(2, 1, 4, 8, requires_grad=True)
+    out = F.scaled_dot_product_attention(q, q, q, attn_mask=sdpa_mask(doc, block))
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(q.grad).all()
+
+
+def test_modality_aware_semantics() -> None:
+    # text(0,1) audio span(2..5) text(6) | next sample: text(7) audio(8, 9)
+    doc = torch.tensor([[0, 0, 0, 0, 0, 0, 0, 1, 1, 1]])
+    block = torch.tensor([[-1, -1, 0, 0, 0, 0, -1, -1, 1, 1]])
+    m = sdpa_mask(doc, block)[0, 0]
+    assert not m[0, 1]  # text is causal
+    assert m[2, 5] and m[3, 5]  # opener and codes see the whole span
+    assert m[5, 0] and not m[1, 2]  # audio sees the past, text not the future span
+    assert not m[6, 7] and not m[7, 6] and not m[8, 3]  # packed samples are isolated
+    assert m[8, 9] and m[9, 7]
+
+
+def test_unknown_backend() -> None:
+    with pytest.raises(ValueError, match="backend"):
+        build_attention(_Meta(torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, 2, dtype=torch.long)), "dense")

@@ -1,0 +1,257 @@
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tokenization.codecs.base import CodecIdentity
+from tokenization.sequence import Part, Turn, build_chat, build_document, spans_to_pylist
+from tokenization.text import load_text_tokenizer
+from tokenization.vocab import EOA, UnifiedVocab
+from ttt_model.batch import TtTCollator
+from ttt_model.objective import (
+    IGNORE,
+    KIND_AR,
+    KIND_DIFFUSION,
+    KIND_NONE,
+    ObjectiveConfig,
+    draw_t,
+    noise_level,
+    noise_sample,
+    plan_targets,
+)
+
+VOCAB = UnifiedVocab(load_text_tokenizer(), CodecIdentity("test", "1", 25.0, 512, 16000, 16000, "h"))
+CONF = Path(__file__).resolve().parents[2] / "workflows" / "conf" / "objective"
+PLAIN_TTT = ObjectiveConfig(banom=False, ppm=False, sst=False)
+
+
+def voice_chat():
+    """system, user (audio), assistant (text + audio + text + final audio), user (text), assistant (audio)."""
+    return build_chat(
+        VOCAB,
+        [
+            Turn("system", [Part(text="be brief")]),
+            Turn("user", [Part.audio(np.arange(7))]),
+            Turn(
+                "assistant",
+                [
+                    Part(text="hi there"),
+                    Part.audio(np.arange(5)),
+                    Part(text="and"),
+                    Part.audio(np.arange(9) + 3, final=True),
+                ],
+            ),
+            Turn("user", [Part(text="again please")]),
+            Turn("assistant", [Part.audio(np.arange(6), final=True)]),
+        ],
+    )
+
+
+def mask_all(seq, mode: str, cfg_diffused=None):
+    """Noise one sample with p = 1 (every maskable token masked)."""
+    plan = plan_targets(seq.spans, len(seq.input_ids), mode, cfg_diffused)
+    return plan, noise_sample(seq.input_ids, plan, 1.0, np.zeros(len(seq.input_ids)), VOCAB.mask_id)
+
+
+def target_tokens(seq) -> np.ndarray:
+    out = np.zeros(len(seq.input_ids), dtype=bool)
+    for s in seq.spans:
+        out[s.start : s.end] = s.is_target
+    return out
+
+
+def test_each_target_token_is_predicted_once_by_the_position_before_it() -> None:
+    seq = voice_chat()
+    ids = seq.input_ids
+    _, noised = mask_all(seq, "ttt")
+    labelled = np.flatnonzero(noised.labels != IGNORE)
+    predicted = labelled + 1
+    # every target token (after token 0) is predicted, exactly once, by the previous position, and no
+    # other token is: a position cannot carry two targets and a token is not predicted twice
+    assert predicted.tolist() == (np.flatnonzero(target_tokens(seq)[1:]) + 1).tolist()
+    assert (noised.labels[labelled] == ids[predicted]).all()
+    assert noised.n_ar + noised.n_masked == len(labelled)
+    for s in (s for s in seq.spans if s.kind == "audio" and s.is_target):
+        assert noised.loss_kind[s.start - 1] == KIND_AR  # opener: AR from the token before
+        assert (noised.loss_kind[s.start : s.end - 1] == KIND_DIFFUSION).all()  # codes + closer: diffusion
+        assert noised.labels[s.end - 2] == ids[s.end - 1]  # the masked closer, predicted once
+        if s.end < len(ids):  # span end followed by text: the closer's position predicts the text, by AR
+            assert noised.loss_kind[s.end - 1] == KIND_AR and noised.labels[s.end - 1] == ids[s.end]
+
+
+def test_text_and_prompt_audio_are_never_masked() -> None:
+    seq = voice_chat()
+    _, noised = mask_all(seq, "ttt")
+    masked = noised.input_ids == VOCAB.mask_id
+    for s in seq.spans:
+        if s.kind == "text" or not s.is_target:
+            assert not masked[s.start : s.end].any(), s
+        else:
+            assert not masked[s.start] and masked[s.start + 1 : s.end].all(), s
+
+
+def test_multi_turn_boundaries() -> None:
+    """Targets are exactly each assistant turn's content + <|im_end|>, found from the ids alone (the
+    reference summed all user turns into one prefix length, which is wrong from the second turn on)."""
+    seq = voice_chat()
+    ids = seq.input_ids.tolist()
+    _, noised = mask_all(seq, "ttt")
+    im_start, im_end = VOCAB.id("<|im_start|>"), VOCAB.eos_id
+    header = len(VOCAB.encode_text("assistant\n")) + 1
+    expected: list[int] = []
+    for start in (i for i, t in enumerate(ids) if t == im_start):
+        if ids[start : start + header] == [im_start, *VOCAB.encode_text("assistant\n")]:
+            expected += range(start + header, ids.index(im_end, start) + 1)
+    assert len(expected) > 20
+    assert (np.flatnonzero(noised.labels != IGNORE) + 1).tolist() == expected
+
+
+def test_block_ids_are_the_audio_spans() -> None:
+    seq = voice_chat()
+    plan, _ = mask_all(seq, "ttt")
+    audio = [s for s in seq.spans if s.kind == "audio"]
+    assert len(np.unique(plan.block_ids[plan.block_ids >= 0])) == len(audio)
+    for s in audio:
+        assert len(set(plan.block_ids[s.start : s.end].tolist())) == 1 and plan.block_ids[s.start] >= 0
+    text = np.concatenate([np.arange(s.start, s.end) for s in seq.spans if s.kind == "text"])
+    assert (plan.block_ids[text] == -1).all()
+
+
+def test_ar_mode_trains_every_target_token_causally() -> None:
+    seq = voice_chat()
+    plan, noised = mask_all(seq, "ar")
+    assert (plan.block_ids == -1).all() and not plan.maskable.any()
+    assert np.array_equal(noised.input_ids, seq.input_ids)
+    assert np.array_equal(noised.loss_kind[:-1] == KIND_AR, target_tokens(seq)[1:])
+    assert (noised.loss_weight[noised.loss_kind == KIND_AR] == 1).all()
+
+
+def test_nar_mode_diffuses_every_target_token_in_one_block_per_turn() -> None:
+    seq = voice_chat()
+    plan, noised = mask_all(seq, "nar")
+    targets = target_tokens(seq)
+    assert np.array_equal(plan.maskable, targets) and not plan.ar_target.any()
+    assert np.array_equal(noised.input_ids == VOCAB.mask_id, targets)  # text targets are masked too
+    assert np.array_equal(noised.loss_kind[:-1] == KIND_DIFFUSION, targets[1:])
+    for turn in (2, 4):
+        idx = np.flatnonzero(
+            targets
+            & np.isin(
+                np.arange(len(targets)),
+                np.concatenate([np.arange(s.start, s.end) for s in seq.spans if s.turn == turn]),
+            )
+        )
+        block = plan.block_ids[idx[0] - 1 : idx[-1] + 1]
+        assert len(set(block.tolist())) == 1 and block[0] >= 0  # content + the position before it
+    user_audio = next(s for s in seq.spans if s.kind == "audio")
+    assert plan.block_ids[user_audio.start] >= 0 and plan.block_ids[user_audio.start] not in plan.block_ids[targets]
+
+
+def test_document_first_token_is_never_a_target() -> None:
+    doc = build_document(VOCAB, [Part.audio(np.arange(4)), Part(text="hello world")])
+    for mode in ("ttt", "ar", "nar"):
+        plan, noised = mask_all(doc, mode)
+        assert not plan.ar_target[0] and not plan.maskable[0]
+        assert noised.input_ids[0] == doc.input_ids[0]
+        assert (noised.labels[:-1] != IGNORE).all() and noised.labels[-1] == IGNORE
+
+
+def test_weights_are_one_over_p_exactly() -> None:
+    seq = voice_chat()
+    plan = plan_targets(seq.spans, len(seq.input_ids), "ttt")
+    u = (np.arange(len(seq.input_ids)) * 0.37) % 1.0
+    noised = noise_sample(seq.input_ids, plan, 0.4, u, VOCAB.mask_id)
+    masked = plan.maskable & (u < 0.4)
+    assert noised.n_masked == masked.sum() > 0 and noised.n_maskable == plan.maskable.sum()
+    assert np.allclose(noised.loss_weight[noised.loss_kind == KIND_DIFFUSION], 1 / 0.4)
+    assert (noised.loss_weight[noised.loss_kind == KIND_NONE] == 0).all()
+
+
+def test_weighted_diffusion_loss_is_unbiased() -> None:
+    """E[Σ_masked ce / p] = Σ_maskable ce: the weighted masked loss estimates the full per-token loss."""
+    seq = voice_chat()
+    plan = plan_targets(seq.spans, len(seq.input_ids), "ttt")
+    ce = np.random.default_rng(1).uniform(0.5, 3.0, len(seq.input_ids))  # stand-in per-token losses
+    rng = np.random.default_rng(2)
+    p = 0.25
+    draws = []
+    for _ in range(4000):
+        n = noise_sample(seq.input_ids, plan, p, rng.random(len(seq.input_ids)), VOCAB.mask_id)
+        pos = np.flatnonzero(n.loss_kind == KIND_DIFFUSION)
+        draws.append((ce[pos + 1] * n.loss_weight[pos]).sum())
+    exact = ce[plan.maskable].sum()
+    assert abs(np.mean(draws) - exact) < 4 * np.std(draws) / np.sqrt(len(draws))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.floats(0, 1, exclude_max=True), min_size=1, max_size=9),
+    st.sampled_from(["uniform", "stratified", "antithetic"]),
+    st.floats(1e-4, 0.5),
+)
+def test_p_is_within_eps_and_one(u: list[float], how: str, eps: float) -> None:
+    keys = [hash(("k", i)) % (1 << 63) for i in range(len(u))]
+    p = noise_level(draw_t(np.array(u), keys, how), eps)
+    assert ((p >= eps - 1e-12) & (p <= 1 + 1e-12)).all()
+
+
+def test_stratified_and_antithetic_t() -> None:
+    u = np.random.default_rng(0).random(8)
+    keys = [5, 3, 9, 1, 7, 2, 8, 4]
+    strata = np.sort(np.floor(draw_t(u, keys, "stratified") * 8))
+    assert strata.tolist() == list(range(8))
+    t = draw_t(u, keys, "antithetic")
+    order = np.argsort(keys)
+    assert np.allclose(t[order[0::2]] + t[order[1::2]], 1.0)
+    assert np.array_equal(draw_t(u, keys, "uniform"), u)
+
+
+def test_collator_noise_uses_sample_streams() -> None:
+    seq = voice_chat()
+    sample = {"sample_id": "x", "input_ids": seq.input_ids, "spans": spans_to_pylist(seq.spans)}
+    collator = TtTCollator(VOCAB, PLAIN_TTT, 512, seed=3)
+    a, b = collator([sample], epoch=0), collator([sample], epoch=0)
+    c = collator([sample], epoch=1)
+    assert np.array_equal(a.input_ids, b.input_ids)
+    assert not np.array_equal(a.input_ids, c.input_ids)
+    p = a.stats["p_sum"]
+    assert PLAIN_TTT.eps <= p <= 1
+    diffusion = a.loss_kind == KIND_DIFFUSION
+    assert np.allclose(a.loss_weight[diffusion], 1 / p)
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="mode"):
+        ObjectiveConfig(mode="diffusion")
+    with pytest.raises(ValueError, match="TtT strategies"):
+        ObjectiveConfig(mode="ar")
+    with pytest.raises(ValueError, match="restricted"):
+        ObjectiveConfig(mode="nar", banom=False, ppm=False, sst=False, audio_head="restricted")
+    with pytest.raises(ValueError, match="trunc_keep"):
+        ObjectiveConfig(trunc_keep=(0.9, 0.3))
+    with pytest.raises(ValueError, match="unknown objective config keys"):
+        ObjectiveConfig.from_mapping({"mode": "ttt", "p_mixx": 0.3})
+
+
+def test_yaml_configs_mirror_the_dataclass() -> None:
+    configs = {}
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        for name in ("ttt", "ar_baseline", "nar_baseline", "ttt_no_banom", "ttt_no_ppm", "ttt_no_sst"):
+            configs[name] = ObjectiveConfig.from_mapping(compose(config_name=name))
+    assert configs["ttt"] == ObjectiveConfig()
+    for strategy in ("banom", "ppm", "sst"):
+        assert configs[f"ttt_no_{strategy}"] == replace(configs["ttt"], **{strategy: False})
+    assert configs["ar_baseline"].mode == "ar" and configs["nar_baseline"].mode == "nar"
+
+
+def test_closer_type_is_kept_in_targets() -> None:
+    seq = voice_chat()
+    _, noised = mask_all(seq, "ttt")
+    closers = noised.labels[noised.labels == VOCAB.id(EOA)]
+    assert len(closers) == 1  # the non-final assistant span's closer, predicted once

@@ -1,0 +1,196 @@
+"""The packed training batch and the collator that builds it from shard rows.
+
+Per sample, in this order: SST truncation → fit to the row length → BANOM/PPM → target plan → noising;
+then the micro-batch is packed into rows (objective.py and strategies.py say why each step is as it is).
+Every random draw comes from the sample's own stream (rng.sample_rng), so a sample is noised the same
+way whichever micro-batch, row or rank it lands in; only the optional stratified/antithetic t sampling
+couples the samples of one micro-batch, by design.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+import torch
+
+from tokenization.sequence import Span
+from tokenization.vocab import UnifiedVocab
+from ttt_model.objective import IGNORE, NoisedSample, ObjectiveConfig, draw_t, noise_level, noise_sample, plan_targets
+from ttt_model.packing import fit_to_length, pack
+from ttt_model.rng import sample_key, sample_rng
+from ttt_model.strategies import (
+    StrategyDraw,
+    apply_sst,
+    diffused_spans,
+    draw_banom,
+    draw_ppm,
+    draw_sst,
+    sst_span,
+    target_audio_spans,
+)
+
+_TENSOR_FIELDS = ("input_ids", "position_ids", "doc_ids", "block_ids", "labels", "loss_kind", "loss_weight")
+
+
+@dataclass
+class PackedBatch:
+    """One micro-batch of packed rows. Targets are next-token aligned: `labels[b, i]` is the token the
+    logits at position i must predict.
+
+    `n_ar` / `n_maskable` are this micro-batch's loss normalisers (AR targets; tokens subject to masking);
+    the trainer sums them over the whole step (all micro-batches, all ranks) before loss.combine.
+    `n_tokens` counts real tokens and `n_padding` padding tokens (padding fraction = n_padding / (n_tokens +
+    n_padding)). `stats` holds SUMS (samples, dropped, truncated, banom, ppm, sst, masked, p_sum) so they add
+    up across micro-batches and ranks; divide by `samples` for rates.
+    """
+
+    input_ids: torch.Tensor  # long [B, L], after noising (masked = mask_id), padding = pad_id
+    position_ids: torch.Tensor  # long [B, L], restart at 0 per packed sample
+    doc_ids: torch.Tensor  # long [B, L], -1 = padding
+    block_ids: torch.Tensor  # long [B, L], -1 = causal token, unique within a row
+    labels: torch.Tensor  # long [B, L], IGNORE (-100) = no target
+    loss_kind: torch.Tensor  # long [B, L], 0 none, 1 AR, 2 diffusion
+    loss_weight: torch.Tensor  # float32 [B, L], 1 for AR, 1/p for diffusion, 0 otherwise
+    n_ar: int
+    n_maskable: int
+    n_tokens: int
+    n_padding: int
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> PackedBatch:
+        moved = {f: getattr(self, f).to(device, non_blocking=non_blocking) for f in _TENSOR_FIELDS}
+        rest = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _TENSOR_FIELDS}
+        return PackedBatch(**moved, **rest)
+
+
+def as_spans(rows: Iterable[Span | Mapping]) -> list[Span]:
+    """Spans from Span objects or shard rows (dicts, possibly holding numpy scalars)."""
+    return [
+        r
+        if isinstance(r, Span)
+        else Span(
+            kind=str(r["kind"]),
+            start=int(r["start"]),
+            end=int(r["end"]),
+            role=str(r["role"]),
+            is_target=bool(r["is_target"]),
+            is_final_in_turn=bool(r.get("is_final_in_turn", False)),
+            turn=int(r.get("turn", 0)),
+        )
+        for r in rows
+    ]
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    sample_id: str
+    ids: np.ndarray
+    spans: list[Span]
+    plan_diffused: frozenset[int] | None
+    draw: StrategyDraw
+    truncated: bool
+
+
+class TtTCollator:
+    """Shard rows → PackedBatch: strategies, noising and packing for one micro-batch.
+
+    `packing=False` reproduces the reference layout (one sample per row, padded to `max_tokens`).
+    Rows are always `max_tokens` long: static shapes avoid recompiles under torch.compile/flex attention.
+    """
+
+    def __init__(
+        self, vocab: UnifiedVocab, cfg: ObjectiveConfig, max_tokens: int, seed: int, packing: bool = True
+    ) -> None:
+        if max_tokens < 2:
+            raise ValueError(f"max_tokens must be at least 2, got {max_tokens}")
+        self.vocab, self.cfg, self.max_tokens, self.seed, self.packing = vocab, cfg, max_tokens, seed, packing
+
+    def __call__(self, samples: Sequence[Mapping], epoch: int) -> PackedBatch:
+        prepared = [self._prepare(s, epoch) for s in samples]
+        kept = [p for p in prepared if len(p.ids) >= 2]  # a single token has no position before it
+        u_t = np.array([sample_rng(self.seed, epoch, p.sample_id, "t").random() for p in kept])
+        p_mask = noise_level(draw_t(u_t, [sample_key(p.sample_id) for p in kept], self.cfg.t_sampling), self.cfg.eps)
+        noised = [
+            noise_sample(
+                p.ids,
+                plan_targets(p.spans, len(p.ids), self.cfg.mode, p.plan_diffused),
+                float(pm),
+                sample_rng(self.seed, epoch, p.sample_id, "mask").random(len(p.ids)),
+                self.vocab.mask_id,
+            )
+            for p, pm in zip(kept, p_mask, strict=True)
+        ]
+        lengths = [len(n.input_ids) for n in noised]
+        bins = pack(lengths, self.max_tokens) if self.packing else [[i] for i in range(len(noised))]
+        batch = self._assemble(noised, bins or [[]])
+        batch.stats = {
+            "samples": float(len(kept)),
+            "dropped": float(len(prepared) - len(kept)),
+            "truncated": float(sum(p.truncated for p in kept)),
+            "banom": float(sum(p.draw.banom for p in kept)),
+            "ppm": float(sum(p.draw.ppm_from is not None for p in kept)),
+            "sst": float(sum(p.draw.sst_keep is not None for p in kept)),
+            "masked": float(sum(n.n_masked for n in noised)),
+            "p_sum": float(p_mask.sum()) if self.cfg.mode != "ar" else 0.0,
+        }
+        return batch
+
+    def _prepare(self, sample: Mapping, epoch: int) -> _Prepared:
+        sid = str(sample["sample_id"])
+        ids = np.asarray(sample["input_ids"], dtype=np.int64)
+        spans = as_spans(sample["spans"])
+        if self.cfg.mode != "ttt":
+            fitted, fitted_spans = fit_to_length(ids, spans, self.max_tokens)
+            return _Prepared(sid, fitted, fitted_spans, None, StrategyDraw(), len(fitted) < len(ids))
+        sst_keep = None
+        final = sst_span(spans)
+        if final is not None:
+            span = spans[final]
+            n_codes = int(self.vocab.is_audio(ids[span.start + 1 : span.end]).sum())
+            sst_keep = draw_sst(self.cfg, n_codes, sample_rng(self.seed, epoch, sid, "sst"))
+            if sst_keep is not None:
+                ids, spans = apply_sst(ids, spans, final, sst_keep)
+        fitted, fitted_spans = fit_to_length(ids, spans, self.max_tokens)
+        banom = draw_banom(self.cfg, sample_rng(self.seed, epoch, sid, "banom"))
+        ppm_from = draw_ppm(self.cfg, len(target_audio_spans(fitted_spans)), sample_rng(self.seed, epoch, sid, "ppm"))
+        draw = StrategyDraw(banom=banom, ppm_from=None if banom else ppm_from, sst_keep=sst_keep)
+        diffused = diffused_spans(fitted_spans, draw.banom, draw.ppm_from)
+        return _Prepared(sid, fitted, fitted_spans, diffused, draw, len(fitted) < len(ids))
+
+    def _assemble(self, noised: Sequence[NoisedSample], bins: Sequence[Sequence[int]]) -> PackedBatch:
+        shape = (len(bins), self.max_tokens)
+        input_ids = np.full(shape, self.vocab.pad_id, dtype=np.int64)
+        position_ids = np.zeros(shape, dtype=np.int64)
+        doc_ids = np.full(shape, -1, dtype=np.int64)
+        block_ids = np.full(shape, -1, dtype=np.int64)
+        labels = np.full(shape, IGNORE, dtype=np.int64)
+        loss_kind = np.zeros(shape, dtype=np.int64)
+        loss_weight = np.zeros(shape, dtype=np.float32)
+        for row, members in enumerate(bins):
+            pos, n_blocks = 0, 0
+            for doc, i in enumerate(members):
+                s = noised[i]
+                sl = slice(pos, pos + len(s.input_ids))
+                input_ids[row, sl] = s.input_ids
+                position_ids[row, sl] = np.arange(len(s.input_ids))
+                doc_ids[row, sl] = doc
+                block_ids[row, sl] = np.where(s.block_ids >= 0, s.block_ids + n_blocks, -1)
+                n_blocks += int(s.block_ids.max(initial=-1)) + 1
+                labels[row, sl], loss_kind[row, sl], loss_weight[row, sl] = s.labels, s.loss_kind, s.loss_weight
+                pos = sl.stop
+        n_tokens = int((doc_ids >= 0).sum())
+        return PackedBatch(
+            input_ids=torch.from_numpy(input_ids),
+            position_ids=torch.from_numpy(position_ids),
+            doc_ids=torch.from_numpy(doc_ids),
+            block_ids=torch.from_numpy(block_ids),
+            labels=torch.from_numpy(labels),
+            loss_kind=torch.from_numpy(loss_kind),
+            loss_weight=torch.from_numpy(loss_weight),
+            n_ar=sum(s.n_ar for s in noised),
+            n_maskable=sum(s.n_maskable for s in noised),
+            n_tokens=n_tokens,
+            n_padding=input_ids.size - n_tokens,
+        )

@@ -1,0 +1,235 @@
+"""Training targets and noising for TtT and the two baselines of the paper (Table 1).
+
+Alignment: next-token aligned everywhere (Dream style). The logits at position i predict token i + 1 —
+for text (autoregressive) and for masked audio (diffusion) alike. Why:
+- the pretrained LM head keeps its meaning (it was trained to predict the next token), so a Qwen
+  initialisation starts from a sensible audio/text head instead of having to relearn "predict myself";
+- every position has AT MOST ONE target. The reference let masked audio predict the SAME position and
+  text the NEXT one, so a masked end marker followed by text got two targets on one logit.
+
+For an audio span [s, e) = [opener, codes..., closer] of a target turn (TtT mode):
+- the opener (token s) is an AR target, predicted by position s - 1 (causal), as at inference where
+  text decoding emits the opener and then switches to diffusion;
+- tokens s + 1 .. e - 1 (codes and closer) are the "maskable" tokens: each is replaced by [M] with
+  probability p, and a masked token is predicted by the position before it (s .. e - 2). That is why the
+  opener belongs to the span's bidirectional block: position s predicts the first code and must see
+  the whole span;
+- the token after the span (text) is an AR target predicted by position e - 1 (the closer).
+Token 0 of a sample has no position before it and is never a target.
+
+Modes (`ObjectiveConfig.mode`):
+- `ttt`: AR on text targets + absorbing diffusion on target audio spans (each span one block);
+- `ar`: every target token, text and audio, is AR; causal attention everywhere (no blocks, no masking);
+- `nar`: every target token, text and audio, is diffused. Each contiguous run of target tokens of one
+  turn (an assistant turn's content + <|im_end|>, or a whole document) is one bidirectional block that
+  also holds the position just before the run (it predicts the run's first token); prompt audio spans
+  stay bidirectional blocks of their own, as in TtT, so only the treatment of targets differs.
+Prompt (non-target) tokens are never masked and never predicted in any mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from tokenization.sequence import Span
+
+IGNORE = -100  # label of a position with no target (the cross-entropy ignore index convention)
+KIND_NONE, KIND_AR, KIND_DIFFUSION = 0, 1, 2
+
+MODES = ("ttt", "ar", "nar")
+T_SAMPLING = ("uniform", "stratified", "antithetic")
+AUDIO_HEADS = ("full", "restricted")
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """Mirrors workflows/conf/objective/*.yaml."""
+
+    mode: str = "ttt"
+    eps: float = 1e-3  # p = (1 - eps) t + eps keeps the 1/p weight bounded by 1/eps
+    banom: bool = True
+    p_mix: float = 0.3
+    ppm: bool = True
+    p_prefix: float = 0.3
+    sst: bool = True
+    p_trunc: float = 0.5
+    trunc_keep: tuple[float, float] = (0.3, 0.9)
+    t_sampling: str = "uniform"
+    audio_head: str = "full"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"objective mode must be one of {MODES}, got {self.mode!r}")
+        if self.t_sampling not in T_SAMPLING:
+            raise ValueError(f"t_sampling must be one of {T_SAMPLING}, got {self.t_sampling!r}")
+        if self.audio_head not in AUDIO_HEADS:
+            raise ValueError(f"audio_head must be one of {AUDIO_HEADS}, got {self.audio_head!r}")
+        if not 0.0 < self.eps < 1.0:
+            raise ValueError(f"eps must be in (0, 1), got {self.eps}")
+        for name in ("p_mix", "p_prefix", "p_trunc"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be a probability, got {getattr(self, name)}")
+        lo, hi = self.trunc_keep
+        if not 0.0 < lo <= hi < 1.0:
+            raise ValueError(f"trunc_keep must satisfy 0 < lo <= hi < 1, got {self.trunc_keep}")
+        if self.mode != "ttt" and (self.banom or self.ppm or self.sst):
+            raise ValueError(f"BANOM/PPM/SST are TtT strategies; switch them off for mode {self.mode!r}")
+        if self.mode != "ttt" and self.audio_head == "restricted":
+            raise ValueError("audio_head=restricted needs mode ttt (only TtT diffuses audio alone)")
+
+    @classmethod
+    def from_mapping(cls, cfg: Mapping[str, Any]) -> ObjectiveConfig:
+        """Build from a Hydra/OmegaConf node or dict; unknown keys are an error (typos must not pass)."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(cfg) - known
+        if unknown:
+            raise ValueError(f"unknown objective config keys {sorted(unknown)}")
+        values = {k: cfg[k] for k in cfg}
+        if "trunc_keep" in values:
+            values["trunc_keep"] = tuple(float(x) for x in values["trunc_keep"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class TargetPlan:
+    """What the loss may do with each token of one sample, before noising.
+
+    `ar_target[j]`: token j is predicted autoregressively by position j - 1.
+    `maskable[j]`: token j is noised (masked with probability p); when masked it is predicted by
+    position j - 1 by diffusion. The two are disjoint.
+    `block_ids[j]`: the sample-local bidirectional block of token j, -1 for causal tokens.
+    """
+
+    ar_target: np.ndarray
+    maskable: np.ndarray
+    block_ids: np.ndarray
+
+
+def plan_targets(spans: Sequence[Span], n: int, mode: str, diffused: Container[int] | None = None) -> TargetPlan:
+    """The target plan of one sample. `diffused` holds the indices (into `spans`) of the target audio
+    spans that are noised in `ttt` mode (the strategies decide which, see strategies.diffused_spans);
+    None = all of them."""
+    ar = np.zeros(n, dtype=bool)
+    maskable = np.zeros(n, dtype=bool)
+    blocks = np.full(n, -1, dtype=np.int32)
+    n_blocks = 0
+    if mode == "ar":
+        for s in spans:
+            ar[s.start : s.end] = s.is_target
+    elif mode == "ttt":
+        for k, s in enumerate(spans):
+            if s.kind == "audio":
+                blocks[s.start : s.end] = n_blocks
+                n_blocks += 1
+            if not s.is_target:
+                continue
+            if s.kind == "text":
+                ar[s.start : s.end] = True
+            else:
+                ar[s.start] = True
+                maskable[s.start + 1 : s.end] = diffused is None or k in diffused
+    elif mode == "nar":
+        for s in spans:
+            if s.kind == "audio" and not s.is_target:
+                blocks[s.start : s.end] = n_blocks
+                n_blocks += 1
+        for start, end in _target_runs(spans):
+            start = max(start, 1)
+            if start >= end:
+                continue
+            # The position before the run predicts its first token, so it joins the run's block; if it
+            # already sits in a block (a prompt audio span), the two blocks merge.
+            block = blocks[start - 1] if blocks[start - 1] >= 0 else n_blocks
+            n_blocks += int(block == n_blocks)
+            blocks[start - 1 : end] = block
+            maskable[start:end] = True
+    else:
+        raise ValueError(f"unknown objective mode {mode!r}")
+    ar[0] = maskable[0] = False
+    return TargetPlan(ar, maskable, blocks)
+
+
+def _target_runs(spans: Sequence[Span]) -> list[tuple[int, int]]:
+    """Maximal runs [start, end) of consecutive target spans of the same turn."""
+    runs: list[tuple[int, int]] = []
+    prev_turn: int | None = None
+    for s in spans:
+        if not s.is_target:
+            prev_turn = None
+            continue
+        if runs and prev_turn == s.turn and runs[-1][1] == s.start:
+            runs[-1] = (runs[-1][0], s.end)
+        else:
+            runs.append((s.start, s.end))
+        prev_turn = s.turn
+    return runs
+
+
+def noise_level(t: np.ndarray | float, eps: float) -> np.ndarray:
+    """p = (1 - eps) t + eps: the masking probability, in [eps, 1] for t in [0, 1]."""
+    return (1.0 - eps) * np.asarray(t, dtype=np.float64) + eps
+
+
+def draw_t(u: np.ndarray, keys: Sequence[int], how: str) -> np.ndarray:
+    """Per-sample diffusion times from per-sample uniforms `u` (one per sample of a micro-batch).
+
+    - uniform: t = u, independent per sample (and independent of the batch composition);
+    - stratified: one t per stratum [r/n, (r+1)/n) of the micro-batch, r = the sample's rank by `keys`;
+    - antithetic: samples paired by rank; the second of each pair gets 1 - t of the first.
+    The two variance-reduction options couple the samples of one micro-batch by construction; ranking by
+    stable per-sample keys (not arrival order) keeps them deterministic given the set of samples.
+    """
+    u = np.asarray(u, dtype=np.float64)
+    if how == "uniform":
+        return u
+    order = np.argsort(np.asarray(keys, dtype=np.uint64), kind="stable")
+    t = u.copy()
+    if how == "stratified":
+        t[order] = (np.arange(len(u)) + u[order]) / max(len(u), 1)
+    elif how == "antithetic":
+        first, second = order[0 : len(order) - 1 : 2], order[1::2]
+        t[second] = 1.0 - u[first]
+    else:
+        raise ValueError(f"unknown t_sampling {how!r}")
+    return t
+
+
+@dataclass(frozen=True)
+class NoisedSample:
+    """One sample after noising, with next-token-aligned per-position targets."""
+
+    input_ids: np.ndarray  # int64 [n], masked tokens replaced by the mask id
+    labels: np.ndarray  # int64 [n], IGNORE where the position has no target
+    loss_kind: np.ndarray  # int8 [n], KIND_NONE / KIND_AR / KIND_DIFFUSION
+    loss_weight: np.ndarray  # float32 [n], 1 for AR, 1/p for diffusion, 0 otherwise
+    block_ids: np.ndarray  # int32 [n]
+    n_ar: int
+    n_maskable: int
+    n_masked: int
+
+
+def noise_sample(ids: np.ndarray, plan: TargetPlan, p: float, u: np.ndarray, mask_id: int) -> NoisedSample:
+    """Mask each maskable token where u < p and write the targets; `u` holds one uniform per token."""
+    ids = np.asarray(ids, dtype=np.int64)
+    masked = plan.maskable & (np.asarray(u) < p)
+    labels = np.full(len(ids), IGNORE, dtype=np.int64)
+    kind = np.zeros(len(ids), dtype=np.int8)
+    weight = np.zeros(len(ids), dtype=np.float32)
+    ar_pos = np.flatnonzero(plan.ar_target) - 1
+    diff_pos = np.flatnonzero(masked) - 1
+    labels[ar_pos], kind[ar_pos], weight[ar_pos] = ids[ar_pos + 1], KIND_AR, 1.0
+    labels[diff_pos], kind[diff_pos], weight[diff_pos] = ids[diff_pos + 1], KIND_DIFFUSION, 1.0 / p
+    return NoisedSample(
+        input_ids=np.where(masked, mask_id, ids),
+        labels=labels,
+        loss_kind=kind,
+        loss_weight=weight,
+        block_ids=plan.block_ids,
+        n_ar=len(ar_pos),
+        n_maskable=int(plan.maskable.sum()),
+        n_masked=len(diff_pos),
+    )

@@ -35,6 +35,7 @@ from tokenization.vocab import (
 )
 
 ROLES = ("system", "user", "assistant", "document")
+PROMPT_ROLES = ("system", "user")
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ class _Builder:
 
 def _audio_ids(vocab: UnifiedVocab, part: Part, role: str) -> list[int]:
     assert part.codes is not None
-    if role == "user" or role == "system":
+    if role in PROMPT_ROLES:
         opener, closer = SOA, EOA_USER
     else:
         opener, closer = (SOA_FINAL, EOA_FINAL) if part.final else (SOA, EOA)
@@ -176,7 +177,8 @@ def build_document(vocab: UnifiedVocab, parts: Sequence[Part], eos: bool = True)
 def _content(vocab: UnifiedVocab, b: _Builder, turn: Turn, target: bool, turn_idx: int) -> None:
     for part in turn.parts:
         if part.codes is not None:
-            b.audio(_audio_ids(vocab, part, turn.role), turn.role, target, part.final, turn_idx)
+            final = part.final and turn.role not in PROMPT_ROLES  # prompt audio has no "final span"
+            b.audio(_audio_ids(vocab, part, turn.role), turn.role, target, final, turn_idx)
         elif part.text:
             b.text(vocab.encode_text(part.text), turn.role, target, turn_idx)
 
@@ -210,11 +212,12 @@ def spans_from_ids(vocab: UnifiedVocab, ids: np.ndarray, role: str = "document",
 def validate_spans(vocab: UnifiedVocab, ids: np.ndarray, spans: Sequence[Span]) -> None:
     """Check the table partitions the sequence and every audio span is well formed.
 
-    Catches the reference's truncation bugs: spans cut mid-way, closers of the wrong type for their
-    opener, codes outside audio spans.
+    Catches the reference's truncation bugs: spans cut mid-way (only the sequence's last span may lack its
+    closer, as after SST), closers of the wrong type for their opener or role, codes or markers in text.
     """
     pos = 0
     audio = vocab.is_audio(ids)
+    markers = np.isin(ids, [*vocab.opener_ids(), *vocab.closer_ids(), vocab.mask_id])
     prompt_closer = {vocab.id(SOA): vocab.id(EOA_USER)}
     target_closer = {vocab.id(SOA): vocab.id(EOA), vocab.id(SOA_FINAL): vocab.id(EOA_FINAL)}
     for s in spans:
@@ -224,13 +227,18 @@ def validate_spans(vocab: UnifiedVocab, ids: np.ndarray, spans: Sequence[Span]) 
         if s.kind == "text":
             if audio[s.start:s.end].any():
                 raise ValueError(f"audio codes inside text span {s}")
+            if markers[s.start:s.end].any():
+                raise ValueError(f"span marker or mask token inside text span {s}")
             continue
         opener = int(ids[s.start])
-        closers = prompt_closer if s.role in ("user", "system") else target_closer
+        closers = prompt_closer if s.role in PROMPT_ROLES else target_closer
         if opener not in closers:
             raise ValueError(f"audio span {s} does not start with an opener allowed for role {s.role}")
         body_end = s.end
-        if not audio[s.end - 1]:
+        unclosed = s.end - s.start == 1 or audio[s.end - 1]
+        if unclosed and s.end != len(ids):
+            raise ValueError(f"audio span {s} has no closer but is not at the end of the sequence (cut span)")
+        if not unclosed:
             body_end -= 1
             closer = int(ids[s.end - 1])
             if closer != closers[opener]:

@@ -5,8 +5,9 @@ Layouts:
   per codec code. Works for any codec size.
 - "reference": reproduces the TtT reference checkpoint's ids (PAPER.md): <|audio|>=151684, codes
   151685..168068, <|mask_token|>=168069, <|end_of_audio_new|>=168070, <|end_of_audio_span_last|>=168071.
-  Requires a 16,384-code codec and a tokenizer with at most 151,669 ids. The reference does not publish
-  the ids of its span-open/user-close markers; we put them in the free slots 151669.. in a fixed order.
+  Requires a 16,384-code codec. Marker ids come from the tokenizer when it defines them (the reference
+  checkpoint's tokenizer does); for a plain Qwen tokenizer the span-open/user-close markers, whose ids the
+  paper does not publish, go to the free slots 151669.. in a fixed order.
 
 The manifest is the contract between shards, checkpoints and the sampler: anything that changes what an
 id means (tokenizer file, codec identity, layout, special ids) changes the manifest, and
@@ -84,19 +85,47 @@ class UnifiedVocab:
             self.audio_offset = t + len(OUR_SPECIALS)
             self.size = self.audio_offset + codec.codebook_size
         elif layout == "reference":
-            if codec.codebook_size != _REFERENCE_CODEBOOK or t > min(_REFERENCE_IDS.values()):
-                raise VocabMismatchError(
-                    f"reference layout needs a {_REFERENCE_CODEBOOK}-code codec and ≤151669 text ids; "
-                    f"got {codec.codebook_size} codes, {t} text ids"
-                )
-            ours = dict(_REFERENCE_IDS)
+            ours = self._reference_ids(text, codec)
             self.audio_offset, self.size = _REFERENCE_AUDIO_OFFSET, _REFERENCE_SIZE
+            t = min(t, _REFERENCE_AUDIO_OFFSET)  # a reference tokenizer lists the audio codes as added tokens
         else:
             raise ValueError(f"unknown vocabulary layout {layout!r} (compact | reference)")
         self.specials: dict[str, int] = {**{k: int(v) for k, v in qwen.items()}, **ours}
         self._by_id = {v: k for k, v in self.specials.items()}
         self.text_vocab_size = t
         self.codebook_size = codec.codebook_size
+
+    @staticmethod
+    def _reference_ids(text: TextTokenizer, codec: CodecIdentity) -> dict[str, int]:
+        """Ids of our markers in the reference layout.
+
+        A tokenizer that defines a marker (the reference checkpoint's own tokenizer directory does) is
+        authoritative for its id; the defaults fill in only for tokenizers that lack it (plain Qwen). Either
+        way the audio codes must sit at 151685.. and nothing may collide with a text token.
+        """
+        if codec.codebook_size != _REFERENCE_CODEBOOK:
+            raise VocabMismatchError(
+                f"reference layout needs a {_REFERENCE_CODEBOOK}-code codec, got {codec.codebook_size}"
+            )
+        first_code = text.token_to_id("<|audio_0|>")
+        if first_code is not None and first_code != _REFERENCE_AUDIO_OFFSET:
+            raise VocabMismatchError(f"tokenizer puts <|audio_0|> at {first_code}, reference layout needs 151685")
+        ours: dict[str, int] = {}
+        for tok, default in _REFERENCE_IDS.items():
+            defined = text.token_to_id(tok)
+            if defined is not None:
+                ours[tok] = int(defined)
+                continue
+            taken = text.tokenizer.id_to_token(default)
+            if taken is not None:
+                raise VocabMismatchError(f"reference layout: id {default} for {tok} is the tokenizer's {taken!r}")
+            ours[tok] = default
+        ids = list(ours.values())
+        if len(set(ids)) != len(ids) or any(
+            _REFERENCE_AUDIO_OFFSET <= i < _REFERENCE_AUDIO_OFFSET + _REFERENCE_CODEBOOK for i in ids
+        ):
+            raise VocabMismatchError(f"reference layout: marker ids collide: {ours}")
+        return ours
 
     # ---- ids of the roles the model and sampler care about -------------------------------------
     @property

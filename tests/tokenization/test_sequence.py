@@ -28,19 +28,34 @@ codes = st.lists(st.integers(0, 511), min_size=1, max_size=20)
 
 @st.composite
 def turns(draw: st.DrawFn) -> list[Turn]:
+    roles = draw(st.lists(st.sampled_from(["user", "assistant"]), min_size=1, max_size=5))
+    if draw(st.booleans()):
+        roles = ["system", *roles]
     out = []
-    for i in range(draw(st.integers(1, 5))):
-        role = ["system", "user", "assistant"][min(i, 1) if i < 2 else 1 + i % 2]
+    for role in roles:
         parts = []
         for _ in range(draw(st.integers(0, 4))):
             if draw(st.booleans()):
                 parts.append(Part(text=draw(words)))
             else:
-                parts.append(Part.audio(draw(codes)))
+                parts.append(Part.audio(draw(codes), final=draw(st.booleans()) and role != "assistant"))
         if role == "assistant" and draw(st.booleans()):
             parts.append(Part.audio(draw(codes), final=True))
         out.append(Turn(role, parts))
     return out
+
+
+def expected_target(seq, s: Span) -> bool:
+    """Independent oracle: assistant audio and assistant text except the role header and the newline
+    that follows <|im_end|>."""
+    if s.role != "assistant":
+        return False
+    if s.kind == "audio":
+        return True
+    ids = seq.input_ids[s.start:s.end].tolist()
+    is_header = ids[0] == VOCAB.id("<|im_start|>")
+    is_newline = ids == VOCAB.encode_text("\n") and seq.input_ids[s.start - 1] == VOCAB.id(IM_END)
+    return not (is_header or is_newline)
 
 
 @settings(max_examples=80, deadline=None)
@@ -50,19 +65,14 @@ def test_chat_spans_partition_and_validate(ts: list[Turn]) -> None:
     validate_spans(VOCAB, seq.input_ids, seq.spans)
     assert sum(len(s) for s in seq.spans) == len(seq.input_ids)
     for s in seq.spans:
-        assert s.is_target == (s.role == "assistant" and (s.kind == "audio" or _is_content(seq, s)))
+        assert s.is_target == expected_target(seq, s), s
         assert ts[s.turn].role == s.role
+        assert not (s.is_final_in_turn and s.role != "assistant")  # prompt audio is never a "final span"
     # audio spans found from ids alone agree with the builder's table
     found = [(s.start, s.end, s.is_final_in_turn) for s in spans_from_ids(VOCAB, seq.input_ids) if s.kind == "audio"]
     built = [(s.start, s.end, s.is_final_in_turn) for s in seq.spans if s.kind == "audio"]
     assert found == built
     assert spans_from_pylist(spans_to_pylist(seq.spans)) == seq.spans
-
-
-def _is_content(seq, s: Span) -> bool:
-    """Target text spans never contain the role header or the newline after <|im_end|>."""
-    ids = seq.input_ids[s.start:s.end].tolist()
-    return VOCAB.id("<|im_start|>") not in ids and s.is_target
 
 
 def test_assistant_turn_targets_and_im_end() -> None:
@@ -99,9 +109,14 @@ def test_validate_rejects_mismatched_closer_and_cut_spans() -> None:
         validate_spans(VOCAB, seq.input_ids, empty)
 
 
-def test_unclosed_truncated_span_is_valid() -> None:
-    seq = build_chat(VOCAB, [Turn("assistant", [Part.audio([1, 2, 3], final=True, closed=False)])])
-    validate_spans(VOCAB, seq.input_ids, seq.spans)
+def test_unclosed_truncated_span_is_valid_only_at_the_end() -> None:
+    """SST output: the sample ends inside its final span, with no closer."""
+    seq = build_chat(VOCAB, [Turn("user", [Part(text="q")]),
+                             Turn("assistant", [Part.audio([1, 2, 3], final=True, closed=False)])])
+    span = next(s for s in seq.spans if s.kind == "audio")
+    validate_spans(VOCAB, seq.input_ids[:span.end], [s for s in seq.spans if s.end <= span.end])
+    with pytest.raises(ValueError, match="cut span"):
+        validate_spans(VOCAB, seq.input_ids, seq.spans)
 
 
 def test_document_all_targets_and_eos() -> None:
@@ -112,3 +127,16 @@ def test_document_all_targets_and_eos() -> None:
     assert np.array_equal(
         np.concatenate([seg.codes for seg in VOCAB.segments(seq.input_ids) if seg.kind == "audio"]), [7, 8, 9]
     )
+
+
+def test_unclosed_span_in_mid_sequence_is_a_cut_span() -> None:
+    ids = np.asarray(VOCAB.encode_mixed("hello<|begin_of_audio|><|audio_1|><|audio_2|>world"), dtype=np.int32)
+    with pytest.raises(ValueError, match="cut span"):
+        validate_spans(VOCAB, ids, spans_from_ids(VOCAB, ids))
+
+
+def test_markers_inside_text_are_rejected() -> None:
+    for stray in ("<|end_of_audio_new|>", "<|mask_token|>"):
+        ids = np.asarray(VOCAB.encode_mixed(f"hello{stray}world"), dtype=np.int32)
+        with pytest.raises(ValueError, match="inside text span"):
+            validate_spans(VOCAB, ids, [Span("text", 0, len(ids), "document", True)])

@@ -105,3 +105,19 @@ def test_manifest_mismatch_names_fields(vocab: UnifiedVocab) -> None:
     bigger = UnifiedVocab(load_text_tokenizer(), codec_id(2048))
     with pytest.raises(VocabMismatchError, match="vocab_size"):
         check_compatible(vocab.manifest(), bigger.manifest())
+
+
+def test_reference_layout_takes_marker_ids_from_a_tokenizer_that_defines_them(tmp_path) -> None:
+    from tokenizers import AddedToken, Tokenizer
+
+    from tokenization.text import bundled_tokenizer_dir
+
+    tok = Tokenizer.from_file(str(bundled_tokenizer_dir() / "tokenizer.json"))
+    markers = ["<|begin_of_quad|>", "<|end_of_audio|>", "<|begin_of_audio|>"]
+    tok.add_special_tokens([AddedToken(m, special=True) for m in markers])
+    tok.save(str(tmp_path / "tokenizer.json"))
+    text = load_text_tokenizer(str(tmp_path))
+    v = UnifiedVocab(text, codec_id(16384), layout="reference")
+    assert [v.id(m) for m in markers] == [151669, 151670, 151671]  # the tokenizer's order, not our default
+    assert v.id(SOA) == 151671 and v.id(MASK) == 168069
+    assert len(set(v.specials.values())) == len(v.specials)

@@ -67,16 +67,26 @@ MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tor
 
 
 def mask_mod_for(doc_ids: torch.Tensor, block_ids: torch.Tensor) -> MaskMod:
-    """The FlexAttention `mask_mod(b, h, q_idx, kv_idx)` closure over one batch's metadata."""
+    """The FlexAttention `mask_mod(b, h, q_idx, kv_idx)` closure over one batch's metadata.
+
+    FlexAttention may call `mask_mod` with indices up to the next multiple of its block size when the row
+    length L is not one (pytorch/pytorch#137801: create_block_mask; the kernels evaluate whole tiles),
+    and an out-of-range lookup into the metadata is an illegal memory access on CUDA. Indices are
+    therefore clamped to L - 1 for the lookup and positions >= L are masked out.
+    """
+    last = doc_ids.shape[1] - 1
 
     def mask_mod(b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
-        return allowed(doc_ids[b, q_idx], doc_ids[b, kv_idx], block_ids[b, q_idx], block_ids[b, kv_idx], q_idx, kv_idx)
+        q, k = q_idx.clamp(max=last), kv_idx.clamp(max=last)
+        inside = (q_idx <= last) & (kv_idx <= last)
+        return inside & allowed(doc_ids[b, q], doc_ids[b, k], block_ids[b, q], block_ids[b, k], q_idx, kv_idx)
 
     return mask_mod
 
 
 def flex_block_mask(doc_ids: torch.Tensor, block_ids: torch.Tensor, block_size: int = 128) -> BlockMask:
-    """FlexAttention BlockMask over the same predicate (head-independent: H=None), on the tensors' device."""
+    """FlexAttention BlockMask over the same predicate (head-independent: H=None), on the tensors' device.
+    Any row length works: the mask_mod is safe for the padded tail of the last tile."""
     batch, length = doc_ids.shape
     return create_block_mask(
         mask_mod_for(doc_ids, block_ids), batch, None, length, length, device=doc_ids.device, BLOCK_SIZE=block_size

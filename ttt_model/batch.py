@@ -1,7 +1,8 @@
 """The packed training batch and the collator that builds it from shard rows.
 
-Per sample, in this order: SST truncation → fit to the row length → BANOM/PPM → target plan → noising;
-then the micro-batch is packed into rows (objective.py and strategies.py say why each step is as it is).
+Per sample, in this order: BANOM → SST truncation (only when the truncated span will be diffused) →
+fit to the row length → PPM (on the spans that survived the fit) → target plan → noising; then the
+micro-batch is packed into rows (objective.py and strategies.py say why each step is as it is).
 Every random draw comes from the sample's own stream (rng.sample_rng), so a sample is noised the same
 way whichever micro-batch, row or rank it lands in; only the optional stratified/antithetic t sampling
 couples the samples of one micro-batch, by design.
@@ -19,7 +20,7 @@ from tokenization.sequence import Span
 from tokenization.vocab import UnifiedVocab
 from ttt_model.objective import IGNORE, NoisedSample, ObjectiveConfig, draw_t, noise_level, noise_sample, plan_targets
 from ttt_model.packing import fit_to_length, pack
-from ttt_model.rng import sample_key, sample_rng
+from ttt_model.rng import sample_rng
 from ttt_model.strategies import (
     StrategyDraw,
     apply_sst,
@@ -43,7 +44,8 @@ class PackedBatch:
     the trainer sums them over the whole step (all micro-batches, all ranks) before loss.combine.
     `n_tokens` counts real tokens and `n_padding` padding tokens (padding fraction = n_padding / (n_tokens +
     n_padding)). `stats` holds SUMS (samples, dropped, truncated, banom, ppm, sst, masked, p_sum) so they add
-    up across micro-batches and ranks; divide by `samples` for rates.
+    up across micro-batches and ranks; divide by `samples` for rates. banom/ppm/sst count the samples where
+    the strategy took effect (a PPM draw that leaves a span clean, an SST truncation that survived the fit).
     """
 
     input_ids: torch.Tensor  # long [B, L], after noising (masked = mask_id), padding = pad_id
@@ -110,8 +112,7 @@ class TtTCollator:
     def __call__(self, samples: Sequence[Mapping], epoch: int) -> PackedBatch:
         prepared = [self._prepare(s, epoch) for s in samples]
         kept = [p for p in prepared if len(p.ids) >= 2]  # a single token has no position before it
-        u_t = np.array([sample_rng(self.seed, epoch, p.sample_id, "t").random() for p in kept])
-        p_mask = noise_level(draw_t(u_t, [sample_key(p.sample_id) for p in kept], self.cfg.t_sampling), self.cfg.eps)
+        p_mask = noise_level(self.diffusion_times([p.sample_id for p in kept], epoch), self.cfg.eps)
         noised = [
             noise_sample(
                 p.ids,
@@ -137,6 +138,18 @@ class TtTCollator:
         }
         return batch
 
+    def diffusion_times(self, sample_ids: Sequence[str], epoch: int) -> np.ndarray:
+        """The diffusion time t of each sample of one micro-batch (in the given order).
+
+        The uniform and the stratified/antithetic rank key both come from the sample's "t" stream of this
+        epoch: a fixed rank key would put a sample in the same stratum (or the same antithetic pair)
+        every epoch.
+        """
+        streams = [sample_rng(self.seed, epoch, sid, "t") for sid in sample_ids]
+        u = np.array([rng.random() for rng in streams])
+        keys = [int(rng.integers(0, 1 << 63)) for rng in streams]
+        return draw_t(u, keys, self.cfg.t_sampling)
+
     def _prepare(self, sample: Mapping, epoch: int) -> _Prepared:
         sid = str(sample["sample_id"])
         ids = np.asarray(sample["input_ids"], dtype=np.int64)
@@ -144,16 +157,21 @@ class TtTCollator:
         if self.cfg.mode != "ttt":
             fitted, fitted_spans = fit_to_length(ids, spans, self.max_tokens)
             return _Prepared(sid, fitted, fitted_spans, None, StrategyDraw(), len(fitted) < len(ids))
-        sst_keep = None
-        final = sst_span(spans)
-        if final is not None:
-            span = spans[final]
-            n_codes = int(self.vocab.is_audio(ids[span.start + 1 : span.end]).sum())
-            sst_keep = draw_sst(self.cfg, n_codes, sample_rng(self.seed, epoch, sid, "sst"))
-            if sst_keep is not None:
-                ids, spans = apply_sst(ids, spans, final, sst_keep)
-        fitted, fitted_spans = fit_to_length(ids, spans, self.max_tokens)
+        # Every stream is drawn whatever happens, so an ablation changes only what it removes.
         banom = draw_banom(self.cfg, sample_rng(self.seed, epoch, sid, "banom"))
+        final = sst_span(spans, ids, self.vocab.pad_id)
+        n_codes = 0 if final is None else int(self.vocab.is_audio(ids[spans[final].start + 1 : spans[final].end]).sum())
+        sst_keep = draw_sst(self.cfg, n_codes, sample_rng(self.seed, epoch, sid, "sst"))
+        # SST only where the truncated span is diffused: under BANOM it would stay clean and the text after
+        # it would be lost for nothing. PPM never leaves it clean: it is the sample's last target audio span
+        # and PPM always diffuses the last one.
+        if banom or final is None:
+            sst_keep = None
+        if sst_keep is not None:
+            ids, spans = apply_sst(ids, spans, final, sst_keep)
+        fitted, fitted_spans = fit_to_length(ids, spans, self.max_tokens)
+        if len(fitted) < len(ids):
+            sst_keep = None  # the truncated span ended the sample, so the fit dropped it: SST had no effect
         ppm_from = draw_ppm(self.cfg, len(target_audio_spans(fitted_spans)), sample_rng(self.seed, epoch, sid, "ppm"))
         draw = StrategyDraw(banom=banom, ppm_from=None if banom else ppm_from, sst_keep=sst_keep)
         diffused = diffused_spans(fitted_spans, draw.banom, draw.ppm_from)

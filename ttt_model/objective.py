@@ -58,6 +58,7 @@ class ObjectiveConfig:
     sst: bool = True
     p_trunc: float = 0.5
     trunc_keep: tuple[float, float] = (0.3, 0.9)
+    sst_min_codes: int = 5  # SST keeps at least this many codes (and drops one), so shorter spans are skipped
     t_sampling: str = "uniform"
     audio_head: str = "full"
 
@@ -76,6 +77,8 @@ class ObjectiveConfig:
         lo, hi = self.trunc_keep
         if not 0.0 < lo <= hi < 1.0:
             raise ValueError(f"trunc_keep must satisfy 0 < lo <= hi < 1, got {self.trunc_keep}")
+        if self.sst_min_codes < 1:
+            raise ValueError(f"sst_min_codes must be at least 1, got {self.sst_min_codes}")
         if self.mode != "ttt" and (self.banom or self.ppm or self.sst):
             raise ValueError(f"BANOM/PPM/SST are TtT strategies; switch them off for mode {self.mode!r}")
         if self.mode != "ttt" and self.audio_head == "restricted":
@@ -180,8 +183,10 @@ def draw_t(u: np.ndarray, keys: Sequence[int], how: str) -> np.ndarray:
     - uniform: t = u, independent per sample (and independent of the batch composition);
     - stratified: one t per stratum [r/n, (r+1)/n) of the micro-batch, r = the sample's rank by `keys`;
     - antithetic: samples paired by rank; the second of each pair gets 1 - t of the first.
-    The two variance-reduction options couple the samples of one micro-batch by construction; ranking by
-    stable per-sample keys (not arrival order) keeps them deterministic given the set of samples.
+    The two variance-reduction options couple the samples of one micro-batch by construction. `keys` must
+    be drawn afresh per sample per epoch (TtTCollator takes them from the sample's stream): a fixed key
+    (a hash of the sample id) would give a sample the same rank, hence the same stratum, every epoch, so
+    a sample with a small key would only ever be trained at small t.
     """
     u = np.asarray(u, dtype=np.float64)
     if how == "uniform":

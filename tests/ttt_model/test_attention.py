@@ -75,6 +75,45 @@ def test_flex_block_mask_equals_brute_force(batch: tuple[torch.Tensor, torch.Ten
     assert torch.equal(block_mask.to_dense().bool(), tiles)
 
 
+def packed_metadata(batch: int, length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of packed samples (causal runs and bidirectional blocks of random lengths), padding at the end."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def draw(lo: int, hi: int) -> int:
+        return int(torch.randint(lo, hi + 1, (1,), generator=gen))
+
+    doc = torch.full((batch, length), -1)
+    block = torch.full((batch, length), -1)
+    for row in range(batch):
+        pos = n_docs = n_blocks = 0
+        fill = length - draw(5, 40)
+        while pos < fill:
+            for _ in range(draw(1, 5)):
+                run = slice(pos, min(pos + draw(1, 30), fill))
+                doc[row, run] = n_docs
+                if draw(0, 1):
+                    block[row, run] = n_blocks
+                    n_blocks += 1
+                pos = run.stop
+            n_docs += 1
+    return doc, block
+
+
+def test_flex_mask_is_safe_when_the_row_length_is_not_a_multiple_of_the_tile() -> None:
+    """L = 200 with 128-token tiles: FlexAttention may evaluate mask_mod at indices up to 255 (the padded
+    tail of the last tile, pytorch/pytorch#137801). It must not index past the metadata and must mask
+    those positions out; the BlockMask's tiles and its mask_mod must equal the brute force."""
+    doc, block = packed_metadata(2, 200, seed=0)
+    expected = dense_brute_force(doc, block)
+    padded = F.pad(expected, (0, 56, 0, 56))
+    assert torch.equal(create_mask(mask_mod_for(doc, block), 2, None, 256, 256, device="cpu"), padded)
+    block_mask = flex_block_mask(doc, block)
+    assert block_mask.shape == (2, 1, 200, 200)
+    tiles = padded.reshape(2, 1, 2, 128, 2, 128).any(5).any(3)
+    assert torch.equal(block_mask.to_dense().bool(), tiles)
+    assert torch.equal(create_mask(block_mask.mask_mod, 2, None, 200, 200, device="cpu"), expected)
+
+
 def test_flex_attention_matches_sdpa_on_cpu() -> None:
     torch.manual_seed(0)
     doc = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1, 1, -1, -1, -1]])

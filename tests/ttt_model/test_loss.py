@@ -14,7 +14,7 @@ from tokenization.sequence import Part, Turn, build_chat, spans_to_pylist
 from tokenization.text import load_text_tokenizer
 from tokenization.vocab import UnifiedVocab
 from ttt_model.attention import sdpa_mask
-from ttt_model.batch import PackedBatch, TtTCollator
+from ttt_model.batch import PackedBatch, TtTCollator, as_spans
 from ttt_model.loss import (
     LossSums,
     chunked_cross_entropy,
@@ -213,3 +213,31 @@ def test_loss_sums_add_and_global_counts() -> None:
     assert (float(total.ar_sum), total.ar_count, float(total.diff_sum), total.diff_count) == (2.0, 4, 6.0, 8)
     assert global_counts([hand_batch(), hand_batch()]) == (2, 6)
     assert chunked_cross_entropy(torch.zeros(0, 4), torch.eye(4), torch.zeros(0, dtype=torch.long)).shape == (0,)
+
+
+def prompt_only() -> dict:
+    """DATA[0]'s first (user) turn alone: a sample with no target token at all."""
+    spans = [s for s in as_spans(DATA[0]["spans"]) if s.turn == 0]
+    assert not any(s.is_target for s in spans)
+    return {"sample_id": "prompt", "input_ids": DATA[0]["input_ids"][: spans[-1].end], "spans": spans_to_pylist(spans)}
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [ObjectiveConfig(), *(ObjectiveConfig(mode=m, banom=False, ppm=False, sst=False) for m in ("ar", "nar"))],
+    ids=["ttt", "ar", "nar"],
+)
+def test_prompt_only_sample_has_no_targets_and_a_finite_loss(model: ToyLM, cfg: ObjectiveConfig) -> None:
+    batch = compact(TtTCollator(VOCAB, cfg, 128, seed=0)([prompt_only()], epoch=0))
+    assert batch.n_tokens == len(prompt_only()["input_ids"]) and batch.stats["samples"] == 1
+    assert batch.n_ar == batch.n_maskable == 0 and (batch.loss_kind == 0).all() and (batch.labels == IGNORE).all()
+    hidden = model(batch)
+    assert torch.isfinite(hidden).all()
+    loss, loss_ar, loss_diff = combine(hybrid_loss_sums(hidden, model.head, batch), *global_counts([batch]))
+    assert float(loss.detach()) == float(loss_ar.detach()) == float(loss_diff.detach()) == 0.0
+    model.zero_grad()
+    loss.backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+    with_targets = compact(TtTCollator(VOCAB, cfg, 256, seed=0)([prompt_only(), DATA[1]], epoch=0))
+    alone = compact(TtTCollator(VOCAB, cfg, 256, seed=0)([DATA[1]], epoch=0))
+    assert (with_targets.n_ar, with_targets.n_maskable) == (alone.n_ar, alone.n_maskable)  # adds nothing to normalise

@@ -13,6 +13,7 @@ from tokenization.codecs.base import CodecIdentity
 from tokenization.sequence import Part, Turn, build_chat, build_document, spans_to_pylist
 from tokenization.text import load_text_tokenizer
 from tokenization.vocab import EOA, UnifiedVocab
+from ttt_model.attention import sdpa_mask
 from ttt_model.batch import TtTCollator
 from ttt_model.objective import (
     IGNORE,
@@ -25,6 +26,7 @@ from ttt_model.objective import (
     noise_sample,
     plan_targets,
 )
+from ttt_model.rng import sample_rng
 
 VOCAB = UnifiedVocab(load_text_tokenizer(), CodecIdentity("test", "1", 25.0, 512, 16000, 16000, "h"))
 CONF = Path(__file__).resolve().parents[2] / "workflows" / "conf" / "objective"
@@ -196,7 +198,7 @@ def test_weighted_diffusion_loss_is_unbiased() -> None:
     st.floats(1e-4, 0.5),
 )
 def test_p_is_within_eps_and_one(u: list[float], how: str, eps: float) -> None:
-    keys = [hash(("k", i)) % (1 << 63) for i in range(len(u))]
+    keys = [(7919 * i) % 10007 for i in range(len(u))]
     p = noise_level(draw_t(np.array(u), keys, how), eps)
     assert ((p >= eps - 1e-12) & (p <= 1 + 1e-12)).all()
 
@@ -212,18 +214,106 @@ def test_stratified_and_antithetic_t() -> None:
     assert np.array_equal(draw_t(u, keys, "uniform"), u)
 
 
+@pytest.mark.parametrize("how", ["stratified", "antithetic"])
+def test_coupled_t_sampling_is_redrawn_every_epoch(how: str) -> None:
+    """Stratified / antithetic t couple the samples of a micro-batch, but the rank that assigns strata and
+    pairs is drawn per epoch: ranked by a fixed hash, a sample kept its stratum (and its partner) every
+    epoch. Micro-batches keep the same members every epoch here, the worst case for a fixed rank."""
+    collator = TtTCollator(VOCAB, replace(PLAIN_TTT, t_sampling=how), 64, seed=0)
+    ids = [f"s{i}" for i in range(160)]
+    micro_batches = [ids[i : i + 16] for i in range(0, len(ids), 16)]
+    times: dict[str, list[float]] = {sid: [] for sid in ids}
+    partners: dict[str, set[str]] = {sid: set() for sid in ids}
+    for epoch in range(10):
+        for members in micro_batches:
+            t = collator.diffusion_times(members, epoch)
+            assert np.array_equal(t, collator.diffusion_times(members, epoch))  # deterministic
+            if how == "stratified":
+                assert np.sort(np.floor(t * 16)).tolist() == list(range(16))  # one sample per stratum
+            else:
+                pair_sum = t[:, None] + t[None, :]
+                np.fill_diagonal(pair_sum, 0.0)
+                partner = np.abs(pair_sum - 1.0).argmin(1)
+                assert np.allclose(t + t[partner], 1.0) and (partner[partner] == np.arange(16)).all()
+                for sid, j in zip(members, partner, strict=True):
+                    partners[sid].add(members[j])
+            for sid, x in zip(members, t, strict=True):
+                times[sid].append(float(x))
+    stds = np.array([np.std(v) for v in times.values()])
+    assert 0.24 < stds.mean() < 0.31 and stds.min() > 0.1  # U(0, 1): 0.289 (about 0.27 over 10 draws)
+    if how == "antithetic":
+        assert np.mean([len(p) for p in partners.values()]) > 5
+
+
 def test_collator_noise_uses_sample_streams() -> None:
+    """p, the mask pattern and the 1/p weights are exactly those of the sample's own "t" and "mask" streams."""
     seq = voice_chat()
-    sample = {"sample_id": "x", "input_ids": seq.input_ids, "spans": spans_to_pylist(seq.spans)}
+    ids = seq.input_ids
+    sample = {"sample_id": "x", "input_ids": ids, "spans": spans_to_pylist(seq.spans)}
     collator = TtTCollator(VOCAB, PLAIN_TTT, 512, seed=3)
-    a, b = collator([sample], epoch=0), collator([sample], epoch=0)
-    c = collator([sample], epoch=1)
-    assert np.array_equal(a.input_ids, b.input_ids)
-    assert not np.array_equal(a.input_ids, c.input_ids)
-    p = a.stats["p_sum"]
-    assert PLAIN_TTT.eps <= p <= 1
-    diffusion = a.loss_kind == KIND_DIFFUSION
-    assert np.allclose(a.loss_weight[diffusion], 1 / p)
+    plan = plan_targets(seq.spans, len(ids), "ttt")
+    n_masked = 0
+    for epoch in range(4):
+        batch = collator([sample], epoch=epoch)
+        p = float(noise_level(sample_rng(3, epoch, "x", "t").random(), PLAIN_TTT.eps))
+        masked = plan.maskable & (sample_rng(3, epoch, "x", "mask").random(len(ids)) < p)
+        assert batch.stats["p_sum"] == pytest.approx(p)
+        assert np.array_equal(batch.input_ids[0, : len(ids)].numpy() == VOCAB.mask_id, masked)
+        diffusion = batch.loss_kind[0] == KIND_DIFFUSION
+        assert np.array_equal(np.flatnonzero(diffusion.numpy()) + 1, np.flatnonzero(masked))
+        assert np.allclose(batch.loss_weight[0][diffusion], 1 / p)
+        assert np.array_equal(collator([sample], epoch=epoch).input_ids, batch.input_ids)
+        n_masked += int(masked.sum())
+    assert n_masked > 0
+
+
+def as_samples(**seqs) -> list[dict]:
+    return [{"sample_id": k, "input_ids": s.input_ids, "spans": spans_to_pylist(s.spans)} for k, s in seqs.items()]
+
+
+def packed_docs(batch, samples: list[dict]) -> dict[str, int]:
+    """Which doc id of row 0 holds which sample (the samples have distinct lengths)."""
+    lengths = {len(s["input_ids"]): s["sample_id"] for s in samples}
+    return {lengths[int((batch.doc_ids[0] == d).sum())]: int(d) for d in batch.doc_ids[0].unique() if d >= 0}
+
+
+def test_collator_ar_mode() -> None:
+    chat, doc = voice_chat(), build_document(VOCAB, [Part.audio(np.arange(4)), Part(text="hello world")])
+    samples = as_samples(chat=chat, doc=doc)
+    cfg = ObjectiveConfig(mode="ar", banom=False, ppm=False, sst=False)
+    batch = TtTCollator(VOCAB, cfg, 512, seed=0)(samples, epoch=0)
+    assert batch.input_ids.shape[0] == 1 and (batch.block_ids == -1).all()  # packed, causal everywhere
+    assert batch.n_maskable == 0 and batch.stats["masked"] == batch.stats["p_sum"] == 0
+    assert batch.n_ar == int(target_tokens(chat)[1:].sum() + target_tokens(doc)[1:].sum())
+    for name, seq in (("chat", chat), ("doc", doc)):
+        where = batch.doc_ids[0] == packed_docs(batch, samples)[name]
+        assert np.array_equal(batch.input_ids[0][where].numpy(), seq.input_ids)  # nothing masked
+        kind, labels = batch.loss_kind[0][where].numpy(), batch.labels[0][where].numpy()
+        assert np.array_equal(kind[:-1] == KIND_AR, target_tokens(seq)[1:]) and kind[-1] == KIND_NONE
+        assert np.array_equal(labels[:-1][kind[:-1] == KIND_AR], seq.input_ids[1:][target_tokens(seq)[1:]])
+
+
+def test_collator_nar_mode_with_a_document_block_at_token_zero() -> None:
+    """A document is one target run from token 0: its block holds token 0 (which predicts token 1) and the
+    whole document; token 0 is never masked. Packed after a chat, its block id stays unique in the row."""
+    chat, doc = voice_chat(), build_document(VOCAB, [Part(text="hi you"), Part.audio(np.arange(5)), Part(text="bye")])
+    samples = as_samples(chat=chat, doc=doc)
+    cfg = ObjectiveConfig(mode="nar", banom=False, ppm=False, sst=False)
+    collator = TtTCollator(VOCAB, cfg, 512, seed=0)
+    batch = next(b for b in (collator(samples, epoch=e) for e in range(20)) if b.stats["masked"] > 10)
+    docs = packed_docs(batch, samples)
+    in_doc, in_chat = batch.doc_ids[0] == docs["doc"], batch.doc_ids[0] == docs["chat"]
+    doc_blocks = batch.block_ids[0][in_doc]
+    assert len(doc_blocks.unique()) == 1 and doc_blocks[0] >= 0  # one block, from token 0 on
+    assert doc_blocks[0] not in batch.block_ids[0][in_chat]
+    ids, kind = batch.input_ids[0][in_doc].numpy(), batch.loss_kind[0][in_doc].numpy()
+    assert ids[0] == doc.input_ids[0] and (kind != KIND_AR).all()
+    masked = ids == VOCAB.mask_id
+    assert masked.any() and np.array_equal(kind[:-1] == KIND_DIFFUSION, masked[1:])
+    assert batch.n_ar == 0 and batch.n_maskable == int(target_tokens(chat)[1:].sum() + len(doc.input_ids) - 1)
+    allowed = sdpa_mask(batch.doc_ids, batch.block_ids)[0, 0]
+    first = int(in_doc.nonzero()[0])
+    assert allowed[first][in_doc].all() and not allowed[first][~in_doc].any()  # token 0 sees the whole document
 
 
 def test_config_validation() -> None:
@@ -233,6 +323,8 @@ def test_config_validation() -> None:
         ObjectiveConfig(mode="ar")
     with pytest.raises(ValueError, match="restricted"):
         ObjectiveConfig(mode="nar", banom=False, ppm=False, sst=False, audio_head="restricted")
+    with pytest.raises(ValueError, match="sst_min_codes"):
+        ObjectiveConfig(sst_min_codes=0)
     with pytest.raises(ValueError, match="trunc_keep"):
         ObjectiveConfig(trunc_keep=(0.9, 0.3))
     with pytest.raises(ValueError, match="unknown objective config keys"):

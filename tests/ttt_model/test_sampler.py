@@ -1,0 +1,290 @@
+"""The TtT sampler: the cached fast path reproduces the full-recompute oracle token for token, spans are
+well formed and respect every limit, streaming events add up to the results.
+
+Random tiny models in float64 (so cached and recomputed hidden states agree to ~1e-15 and a greedy tie
+cannot flip between the two paths), over a byte-level text vocabulary (259 ids instead of Qwen's 151k, so
+the LM head costs nothing; multi-byte characters still span several tokens). Random weights almost never
+open or close a span by themselves, so a test-only logits processor (the sampler's generic hook) forces
+openers after a few text tokens, pushes the closer up from a chosen span position (early termination
+mid-block), and ends the turn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+from tokenization.codecs.base import CodecIdentity
+from tokenization.sequence import Part, Turn, build_chat, spans_from_ids, validate_spans
+from tokenization.text import TextTokenizer
+from tokenization.vocab import EOA, EOA_FINAL, SOA, SOA_FINAL, UnifiedVocab
+from ttt_model.kvcache import CachedBackend, Chunk
+from ttt_model.model import build_model
+from ttt_model.sampler import (
+    AudioBlock,
+    LogitsContext,
+    RecomputeBackend,
+    SamplerConfig,
+    SpanEnd,
+    TextDelta,
+    TtTSampler,
+    TurnEnd,
+    _Detokenizer,
+    prompt_block_ids,
+)
+from ttt_model.sampling import SamplingParams, commit_schedule, filter_logits, select_commits
+
+CONF = Path(__file__).resolve().parents[2] / "workflows" / "conf" / "sampler" / "default.yaml"
+TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "max_position_embeddings": 512, "tie_word_embeddings": True}
+
+
+def byte_tokenizer() -> TextTokenizer:
+    """Byte-level BPE without merges (one token per UTF-8 byte) plus the Qwen chat specials."""
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    tok.encode_special_tokens = True
+    return TextTokenizer(tok, "bytes", hashlib.sha256(tok.to_str().encode()).hexdigest())
+
+
+@pytest.fixture(scope="module")
+def vocab() -> UnifiedVocab:
+    return UnifiedVocab(byte_tokenizer(), CodecIdentity("test", "1", 25.0, 512, 16000, 16000, "h"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models gain nothing from intra-op threads, and on a busy machine spinning threads cost a lot."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model(vocab: UnifiedVocab) -> torch.nn.Module:
+    return build_model({"init": "random", "config": TINY, "attn_implementation": "sdpa", "seed": 3},
+                       vocab).to(torch.float64).eval()
+
+
+def forcing(vocab: UnifiedVocab, every: int = 4, end_after: int = 70,
+            closer_from: dict[int, int] | None = None) -> Callable[[LogitsContext, torch.Tensor], torch.Tensor]:
+    """Open a span after `every` text tokens (alternating the two openers), end the turn once `end_after`
+    tokens are generated, and in row r bias the closer from span position `closer_from[r]` on."""
+    openers = (vocab.id(SOA), vocab.id(SOA_FINAL))
+    closer_from = closer_from or {}
+
+    def process(ctx: LogitsContext, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.clone()
+        if ctx.mode == "audio":
+            if ctx.row in closer_from:
+                logits[torch.as_tensor(ctx.targets >= closer_from[ctx.row]), -1] += 40.0
+            return logits
+        ids = list(ctx.generated)
+        if len(ids) >= end_after:
+            logits[:, vocab.eos_id] += 1e4
+            return logits
+        logits[:, [vocab.eos_id, vocab.pad_id]] -= 1e4  # no early stop
+        run = 0
+        while run < len(ids) and ids[-1 - run] < vocab.text_vocab_size:
+            run += 1
+        if run >= every:
+            n_spans = sum(i in openers for i in ids)
+            logits[:, openers[n_spans % 2]] += 1e4
+        return logits
+
+    return process
+
+
+def prompts(vocab: UnifiedVocab) -> list[list[int]]:
+    rng = np.random.default_rng(0)
+    chat = build_chat(vocab, [Turn("user", [Part(text="Say hi."), Part.audio(rng.integers(0, 512, 9))])],
+                      add_generation_prompt=True).input_ids.tolist()
+    return [chat, rng.integers(0, 250, 3).tolist(), rng.integers(0, 250, 30).tolist()]
+
+
+def run_all(model: torch.nn.Module, vocab: UnifiedVocab, cfg: SamplerConfig, prompts: list[list[int]],
+            process: Callable | None) -> tuple[list, list]:
+    run = TtTSampler(model, vocab, cfg, process).start(prompts)
+    events = list(run)
+    return run.results(), events
+
+
+CFG = SamplerConfig(block_length=8, steps_per_block=3, max_span=20, max_new_tokens=90)
+
+
+def test_cached_sampler_equals_full_recompute_oracle_greedy(model: torch.nn.Module, vocab: UnifiedVocab) -> None:
+    # row 0: closer pushed from span position 11 (early termination inside the 2nd block);
+    # row 1: from position 3 (inside the 1st block); row 2: never, so its spans hit max_span and are forced closed
+    process = forcing(vocab, closer_from={0: 11, 1: 3})
+    ps = prompts(vocab)
+    fast, fast_events = run_all(model, vocab, CFG, ps, process)
+    slow, slow_events = run_all(model, vocab, SamplerConfig(**{**CFG.__dict__, "backend": "recompute"}), ps, process)
+    assert [g.ids for g in fast] == [g.ids for g in slow]
+    assert [repr(e) for e in fast_events] == [repr(e) for e in slow_events]
+    ends = [e for e in fast_events if isinstance(e, SpanEnd)]
+    assert {e.row for e in ends} == {0, 1, 2} and all(len(g.spans) >= 2 for g in fast)  # several spans per turn
+    assert {e.final for e in ends} == {True, False}  # both openers, each closed by its own closer
+    assert all(e.forced and e.n_codes == CFG.max_span for e in ends if e.row == 2)
+    assert all(not e.forced and e.n_codes < CFG.block_length * 2 for e in ends if e.row == 0)
+    assert any(e.n_codes % CFG.block_length for e in ends if e.row == 0)  # ended in the middle of a block
+    assert all(not e.forced and e.n_codes < CFG.block_length for e in ends if e.row == 1)
+
+
+def test_results_are_well_formed_and_match_the_stream(model: torch.nn.Module, vocab: UnifiedVocab) -> None:
+    ps = prompts(vocab)
+    gens, events = run_all(model, vocab, CFG, ps, forcing(vocab, closer_from={1: 5}))
+    for row, g in enumerate(gens):
+        validate_spans(vocab, np.asarray(g.ids), spans_from_ids(vocab, np.asarray(g.ids)))
+        assert g.finish_reason == "eos" and g.ids[-1] == vocab.eos_id
+        assert len(g.ids) <= CFG.max_new_tokens and all(len(s) <= CFG.max_span for s in g.spans)
+        mine = [e for e in events if e.row == row]
+        assert isinstance(mine[-1], TurnEnd) and sum(isinstance(e, TurnEnd) for e in mine) == 1
+        assert "".join(e.text for e in mine if isinstance(e, TextDelta)) == g.text
+        for k, span in enumerate(g.spans):
+            blocks = [e.codes for e in mine if isinstance(e, AudioBlock) and e.span == k]
+            assert np.array_equal(np.concatenate(blocks), span)
+            assert all(len(b) <= CFG.block_length for b in blocks)
+        closers = [i for i in g.ids if i in (vocab.id(EOA), vocab.id(EOA_FINAL))]
+        assert len(closers) == len(g.spans) == sum(isinstance(e, SpanEnd) for e in mine)
+
+
+def test_batched_rows_equal_rows_decoded_alone(model: torch.nn.Module, vocab: UnifiedVocab) -> None:
+    process = forcing(vocab, closer_from={0: 6})
+    ps = prompts(vocab)
+    batch, _ = run_all(model, vocab, CFG, ps, process)
+    alone, _ = run_all(model, vocab, CFG, ps[:1], process)
+    assert batch[0].ids == alone[0].ids
+    # the other rows, alone at row 0, get no closer bias: compare against the batch run without one
+    plain, _ = run_all(model, vocab, CFG, ps, forcing(vocab))
+    for i in (1, 2):
+        assert run_all(model, vocab, CFG, [ps[i]], forcing(vocab))[0][0].ids == plain[i].ids
+
+
+@pytest.mark.parametrize("cfg", [
+    SamplerConfig(block_length=8, steps_per_block=4, max_span=24, max_new_tokens=60, seed=5,
+                  text=SamplingParams(temperature=0.9, top_k=50), audio=SamplingParams(temperature=0.8, top_p=0.9)),
+    SamplerConfig(block_length=8, steps_per_block=8, max_span=24, max_new_tokens=60, threshold=0.003),
+])
+def test_sampling_and_threshold_modes_match_the_oracle(model: torch.nn.Module, vocab: UnifiedVocab,
+                                                       cfg: SamplerConfig) -> None:
+    process = forcing(vocab, every=3, end_after=50, closer_from={1: 9})
+    ps = prompts(vocab)[:2]
+    fast, _ = run_all(model, vocab, cfg, ps, process)
+    slow, _ = run_all(model, vocab, SamplerConfig(**{**cfg.__dict__, "backend": "recompute"}), ps, process)
+    assert [g.ids for g in fast] == [g.ids for g in slow]
+    assert all(g.spans for g in fast)
+
+
+def test_token_budget_ends_the_turn_and_shortens_spans(model: torch.nn.Module, vocab: UnifiedVocab) -> None:
+    cfg = SamplerConfig(block_length=8, steps_per_block=2, max_span=50, max_new_tokens=17)
+    (g,), events = run_all(model, vocab, cfg, prompts(vocab)[1:2], forcing(vocab, every=4))
+    assert g.finish_reason == "length" and len(g.ids) == 17
+    # 4 text tokens + opener leave 12 tokens: the span holds 11 codes and a forced closer, then no room is left
+    assert [len(s) for s in g.spans] == [11] and g.ids[-1] == vocab.id(EOA)
+    assert next(e for e in events if isinstance(e, SpanEnd)).forced
+
+
+def test_cache_discards_diffusion_steps_and_matches_recompute(model: torch.nn.Module, vocab: UnifiedVocab) -> None:
+    """Chunk by chunk: hidden states from the ragged cache equal full recomputation, and a chunk that is
+    not committed (a diffusion step) leaves no trace in what later chunks see."""
+    m, quad = vocab.mask_id, vocab.id(SOA_FINAL)
+    a = [11, 12, vocab.id(SOA), vocab.audio_offset + 1, vocab.audio_offset + 2, vocab.id(EOA), 13]
+    b = [21, 22, 23, 24]
+    steps = [
+        [Chunk(0, a, prompt_block_ids(vocab, a), True, True), Chunk(1, b, np.full(4, -1), True, True)],
+        [Chunk(0, [quad, m, m, m], np.zeros(4), False, False), Chunk(1, [25], np.full(1, -1), True, True)],
+        [Chunk(0, [quad, vocab.audio_offset + 7, m, m], np.zeros(4), False, False)],
+        [Chunk(0, [quad, vocab.audio_offset + 7, vocab.id(EOA_FINAL)], np.zeros(3), True, True),
+         Chunk(1, [vocab.id(SOA), m, m], np.zeros(3), False, False)],
+        [Chunk(0, [30], np.full(1, -1), True, True), Chunk(1, [26], np.full(1, -1), True, True)],
+    ]
+    cached, full = CachedBackend(model, 2, vocab.pad_id), RecomputeBackend(model, 2)
+    with torch.inference_mode():
+        for chunks in steps:
+            for h_fast, h_full in zip(cached.run(chunks), full.run(chunks), strict=True):
+                torch.testing.assert_close(h_fast, h_full, rtol=1e-10, atol=1e-10)
+    assert cached.cache.lengths == [len(a) + 3 + 1, len(b) + 2]
+    assert cached.tokens_processed < full.tokens_processed
+    assert cached.forward_passes == 6  # one pass per step, two when one-token and longer chunks meet (step 2)
+
+
+def test_prompts_are_checked(model: torch.nn.Module, vocab: UnifiedVocab) -> None:
+    sampler = TtTSampler(model, vocab, CFG)
+    with pytest.raises(ValueError, match="empty prompt"):
+        sampler.start([[]])
+    with pytest.raises(ValueError, match="context holds 512"):
+        sampler.start([[5] * 512])
+    with pytest.raises(ValueError, match="mask tokens"):
+        sampler.start([[5, vocab.mask_id]])
+    with pytest.raises(ValueError, match="open audio span"):
+        sampler.start([[5, vocab.id(SOA), vocab.audio_offset]])
+    flex = build_model({"init": "random", "config": TINY, "attn_implementation": "flex_attention"}, vocab)
+    with pytest.raises(ValueError, match="sdpa"):
+        TtTSampler(flex, vocab)
+
+
+def test_modes_only_emit_their_own_tokens(model: torch.nn.Module, vocab: UnifiedVocab) -> None:
+    """A processor cannot smuggle disallowed tokens: text never emits codes, masks or closers; spans never
+    emit text or the other span's closer."""
+    bad_text = [vocab.mask_id, vocab.audio_offset + 3, vocab.id(EOA), vocab.id(EOA_FINAL)]
+
+    def push_bad(ctx: LogitsContext, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.clone()
+        if ctx.mode == "text":
+            logits[:, bad_text] += 1e6
+            if len(ctx.generated) in (2, 30):
+                logits[:, vocab.id(SOA)] += 1e7
+            if len(ctx.generated) > 40:
+                logits[:, vocab.eos_id] += 1e7
+        else:
+            assert ctx.column_ids[-1] == vocab.id(EOA) and len(ctx.column_ids) == vocab.codebook_size + 1
+        return logits
+
+    (g,), _ = run_all(model, vocab, CFG, prompts(vocab)[1:2], push_bad)
+    ids = np.asarray(g.ids)
+    assert not np.isin(ids, [vocab.mask_id, vocab.id(EOA_FINAL)]).any()
+    assert g.spans and all(vocab.is_audio(vocab.audio_ids(s)).all() for s in g.spans)
+
+
+def test_streaming_text_waits_for_whole_characters(vocab: UnifiedVocab) -> None:
+    text = "Grüße 你好, world — 🎧 ok"
+    ids = vocab.encode_text(text)
+    detok = _Detokenizer(vocab)
+    deltas = [detok.push(i) for i in ids] + [detok.flush()]
+    assert "".join(deltas) == text and not any("\ufffd" in d for d in deltas)
+
+
+def test_commit_schedule_and_selection() -> None:
+    assert commit_schedule(32, 10) == [4, 4, 3, 3, 3, 3, 3, 3, 3, 3]
+    assert commit_schedule(5, 10) == [1] * 5 and commit_schedule(8, 1) == [8]
+    conf = torch.tensor([0.1, 0.5, 0.5, 0.9, 0.2])
+    assert select_commits(conf, 2, None).tolist() == [3, 1]  # ties go to the earlier position
+    assert select_commits(conf, 1, 0.4).tolist() == [3, 1, 2]
+    assert select_commits(conf, 3, 0.95).tolist() == [3]  # nothing reaches the threshold: the best one
+
+
+def test_filter_logits_top_k_top_p() -> None:
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isinf(filter_logits(logits, SamplingParams(temperature=1.0, top_k=2))[0, 2:]).all()
+    kept = ~torch.isinf(filter_logits(logits, SamplingParams(temperature=1.0, top_p=0.75)))
+    assert kept.tolist() == [[True, True, False, False]]
+    assert torch.equal(filter_logits(logits, SamplingParams()), logits)
+
+
+def test_config_file_matches_defaults_and_rejects_typos() -> None:
+    assert SamplerConfig.from_mapping(yaml.safe_load(CONF.read_text())) == SamplerConfig()
+    with pytest.raises(ValueError, match="unknown sampler config keys"):
+        SamplerConfig.from_mapping({"steps": 3})
+    with pytest.raises(ValueError, match="backend"):
+        SamplerConfig(backend="fast")

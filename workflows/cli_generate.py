@@ -1,0 +1,137 @@
+"""`ttt generate`: answer a spoken and/or written question with a TtT checkpoint. Prints the text answer
+(stdout), writes the speech, reports timings (stderr): first text token, first audio block, first audio,
+total, audio tokens/s.
+
+    ttt generate --checkpoint runs/local/checkpoints/final --codec-path runs/local/codec \\
+        --audio question.wav --out-wav answer.wav
+    ttt generate --checkpoint ckpt --codec-config glm4voice_local.yaml --text "What is 3 plus 4?" \\
+        --out-wav answer.wav --steps 5 --temperature 0.7 --top-p 0.9
+
+Sampler settings start from workflows/conf/sampler/default.yaml (or --sampler-config) and the flags
+override them. Bad input (missing or unreadable audio, empty or over-long prompt, a directory that is not a
+TtT checkpoint, a codec that does not match the checkpoint) ends with a message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+DEFAULT_SAMPLER = CONF_DIR / "sampler" / "default.yaml"
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "generate", help="speech/text in, text + speech out with a TtT checkpoint",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help="TtT checkpoint (safetensors + vocab manifest)")
+    codec = p.add_mutually_exclusive_group(required=True)
+    codec.add_argument("--codec-path", metavar="DIR", help="a fitted embedded codec directory")
+    codec.add_argument("--codec-config", metavar="YAML", help="a codec config group file (kind + its fields)")
+    p.add_argument("--audio", metavar="WAV", help="the spoken question (wav/flac/mp3/ogg)")
+    p.add_argument("--text", help="the written question (or text before the audio)")
+    p.add_argument("--system", help="an optional system message")
+    p.add_argument("--out-wav", metavar="PATH", help="where to write the spoken answer")
+    p.add_argument("--out-json", metavar="PATH", help="also write text, timings and codes as JSON")
+    p.add_argument("--text-tokenizer", default="bundled:qwen", help="tokenizer directory (default: bundled Qwen)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="auto", help="auto (as saved) | float32 | bfloat16 | float16")
+    p.add_argument("--sampler-config", metavar="YAML", default=str(DEFAULT_SAMPLER))
+    p.add_argument("--steps", type=int, help="diffusion steps per block")
+    p.add_argument("--block-length", type=int)
+    p.add_argument("--max-span", type=int, help="most codes per audio span")
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--threshold", type=float, help="commit every position at least this confident")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--greedy", action="store_true", help="argmax for text and audio")
+    mode.add_argument("--temperature", type=float, help="sampling temperature for text and audio")
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--seed", type=int)
+    p.set_defaults(func=run)
+
+
+def sampler_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampler config file with the command-line overrides applied (a plain dict for SamplerConfig)."""
+    import yaml
+
+    cfg = yaml.safe_load(Path(args.sampler_config).read_text()) or {}
+    flat = {"steps_per_block": args.steps, "block_length": args.block_length, "max_span": args.max_span,
+            "max_new_tokens": args.max_new_tokens, "threshold": args.threshold, "seed": args.seed}
+    cfg.update({k: v for k, v in flat.items() if v is not None})
+    sampling = {"temperature": 0.0 if args.greedy else args.temperature, "top_k": args.top_k, "top_p": args.top_p}
+    for mode in ("text", "audio"):
+        cfg[mode] = {**(cfg.get(mode) or {}), **{k: v for k, v in sampling.items() if v is not None}}
+    return cfg
+
+
+def load_codec(args: argparse.Namespace) -> Any:
+    """The codec named on the command line: an embedded codec directory, or a codec config file."""
+    if args.codec_path:
+        path = Path(args.codec_path).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"codec not found: {path}")
+        from tokenization.codecs.embedded import EmbeddedCodec
+
+        return EmbeddedCodec.load(path)
+    import yaml
+
+    from tokenization.codecs import build_codec
+
+    path = Path(args.codec_config).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"codec config not found: {path}")
+    return build_codec(yaml.safe_load(path.read_text()) or {})
+
+
+def run(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from tokenization.audio import write_audio
+    from ttt_model.generate import Message, SpeechLM, answer, read_audio
+    from ttt_model.sampler import SamplerConfig
+
+    if not args.audio and not (args.text and args.text.strip()):
+        return _fail("empty prompt: give --audio and/or --text")
+    hf_logging.disable_progress_bar()  # the weight-loading bar would mix with the answer and the timings
+    try:
+        cfg = SamplerConfig.from_mapping(sampler_settings(args))
+        audio = read_audio(args.audio) if args.audio else None  # bad audio fails before the model loads
+        lm = SpeechLM.load(args.checkpoint, load_codec(args), text_tokenizer=args.text_tokenizer,
+                           device=args.device, dtype=args.dtype)
+        messages = [Message("system", text=args.system)] if args.system else []
+        messages.append(Message("user", text=args.text, audio=audio))
+        result = answer(lm, messages, cfg)
+    except (OSError, ValueError, ImportError) as e:  # FileNotFoundError: OSError; VocabMismatchError: ValueError;
+        return _fail(str(e))  # ImportError: a codec whose optional dependencies are not installed
+    print(result.text)
+    t = result.timings
+    print(f"finish: {result.finish_reason} | first text {_sec(t['first_text_s'])} | first audio block "
+          f"{_sec(t['first_audio_block_s'])} | first audio {_sec(t['first_audio_s'])} | total {_sec(t['total_s'])} | "
+          f"{result.codes.size} audio tokens, {t['audio_tokens_per_s']:.1f} audio tokens/s", file=sys.stderr)
+    if args.out_wav:
+        if result.waveform.size:
+            write_audio(args.out_wav, result.waveform, result.sample_rate)
+            print(f"wrote {args.out_wav} ({result.waveform.size / result.sample_rate:.2f} s)", file=sys.stderr)
+        else:
+            print(f"no speech in the answer; {args.out_wav} not written", file=sys.stderr)
+    if args.out_json:
+        Path(args.out_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out_json).write_text(json.dumps({
+            "text": result.text, "finish_reason": result.finish_reason, "timings": t,
+            "codes": result.codes.tolist(), "sample_rate": result.sample_rate, "sampler": sampler_settings(args),
+        }, indent=2) + "\n")
+    return 0
+
+
+def _sec(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f} s"
+
+
+def _fail(message: str) -> int:
+    print(f"ttt generate: {message}", file=sys.stderr)
+    return 2

@@ -27,8 +27,9 @@ def ray_local():
     """A local Ray cluster shared by every test that needs one (never joins an existing cluster)."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=4, object_store_memory=1 << 30, include_dashboard=False,
-                 log_to_driver=False)
+    from pipelines.ray_runtime import ensure_ray
+
+    started = ensure_ray(address="local", num_cpus=4, object_store_gb=1.0)
     yield ray
-    ray.shutdown()
+    if started:
+        ray.shutdown()

@@ -1,0 +1,121 @@
+"""Train TtT with Ray Train: the shards -> FSDP2 workers -> checkpoints (ttt_model/train_loop.py).
+
+    python workflows/train.py                                   # embedded default: 2 CPU workers (train=cpu)
+    python workflows/train.py train=a100x32 model=qwen2.5-3b model.init=pretrained model.path=/models/Qwen2.5-3B
+    python workflows/train.py train.batch.global_size=32 train.epochs=2 paths.root=/nfs/ttt/run1
+    ray job submit --working-dir . -- python workflows/train.py train=a100x32   # on a cluster (cluster/README.md)
+
+Running it again with the same config continues from the run's latest checkpoint (`train.name` under
+`train.checkpoint.storage_path`); a finished run is a no-op. Every configuration mistake is reported before
+any worker starts (exit status 2). The last line printed is the final checkpoint's directory; the same
+facts are in `<train.logging.dir>/final.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+# Runnable as a script from a checkout that is not pip-installed: the repository root must be importable.
+# Python puts the script's own directory first on sys.path; it must go, because workflows/tokenize.py there
+# would shadow the standard library's `tokenize` (imported lazily by linecache, e.g. for tracebacks).
+_ROOT = str(Path(__file__).resolve().parents[1])
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from pipelines.ray_runtime import ensure_ray  # noqa: E402
+from ttt_model.train_config import RaySettings, TrainConfigError, parse_settings  # noqa: E402
+
+if TYPE_CHECKING:
+    from ttt_model.train_plan import RunPlan
+
+FINAL_FILE = "final.json"
+
+
+def init_ray(settings: RaySettings) -> bool:
+    """Join or start Ray as every job does (pipelines.ray_runtime); True when this call connected."""
+    return ensure_ray(settings.address, settings.num_cpus, settings.object_store_gb)
+
+
+def build_trainer(plan: RunPlan) -> Any:
+    """The TorchTrainer of a plan: scaling from `train.scaling`, the shards as the "train" dataset, split
+    across ranks in read order (preserve_order, no locality: the deterministic split of train_data.py)."""
+    import ray.data
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from ttt_model.train_data import READ_COLUMNS
+    from ttt_model.train_loop import train_loop_per_worker
+
+    s = plan.settings
+    ingest = DataConfig.default_ingest_options()
+    ingest.preserve_order = True
+    shards = ray.data.read_parquet(list(plan.shard_files)).select_columns(list(READ_COLUMNS))  # pushed into the read
+    shards.context.execution_options.preserve_order = True  # blocks in file order, materialized or not
+    if s.data.materialize:
+        shards = shards.materialize()
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"plan": plan},
+        scaling_config=ScalingConfig(num_workers=s.scaling.num_workers, use_gpu=s.scaling.use_gpu,
+                                     resources_per_worker=dict(s.scaling.resources_per_worker),
+                                     placement_strategy=s.scaling.placement_strategy),
+        torch_config=TorchConfig(backend=s.scaling.backend),
+        run_config=RunConfig(name=s.name, storage_path=plan.storage_path,
+                             checkpoint_config=CheckpointConfig(num_to_keep=s.checkpoint.keep),
+                             failure_config=FailureConfig(max_failures=s.max_failures)),
+        datasets={"train": shards},
+        dataset_config=DataConfig(execution_options=ingest, enable_shard_locality=False),
+    )
+
+
+def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """Plan (all checks), train, and record the final checkpoint; returns what final.json holds."""
+    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    if "train" in plain:
+        parse_settings(plain["train"])  # pure-config mistakes fail here, before torch is even imported
+    from ttt_model.train_plan import plan_run
+
+    plan = plan_run(plain)
+    owns_ray = init_ray(plan.settings.ray)
+    try:
+        result = build_trainer(plan).fit()
+    finally:
+        if owns_ray:
+            import ray
+
+            ray.shutdown()
+    final = {
+        "name": plan.settings.name,
+        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "model": f"{result.checkpoint.path}/model" if result.checkpoint else None,
+        "total_steps": plan.total_steps,
+        "metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)},
+        "log_dir": plan.log_dir,
+    }
+    log_dir = Path(plan.log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    (log_dir / FINAL_FILE).write_text(json.dumps(final, indent=2, sort_keys=True) + "\n")
+    return final
+
+
+@hydra.main(config_path="conf", config_name="config", version_base=None)
+def main(cfg: DictConfig) -> None:
+    try:
+        final = run(cfg)
+    except TrainConfigError as e:  # a config mistake: the message says what to fix, a traceback would bury it
+        print(f"train: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(final["model"])
+
+
+if __name__ == "__main__":
+    main()

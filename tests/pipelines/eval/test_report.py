@@ -1,0 +1,151 @@
+"""The report reads result files only, renders the same blocks as Markdown and HTML, plots training curves, shapes
+the evaluation like the paper's Table 1, and degrades to "not available" sections when inputs are missing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.eval.report import Link, Para, Table, build_report, read_metrics, render_html, render_markdown
+from pipelines.eval.table import build_table, table_markdown
+from tokenization.audio import write_audio
+from tokenization.sequence import SPAN_ARROW_TYPE
+
+
+def result(system: str, run_id: str, llama_s: float, asr_rate: float | None, steps: int = 10) -> dict:
+    return {
+        "run_id": run_id, "system": system, "checkpoint": f"ckpt/{system}", "sampler": {"steps_per_block": steps,
+                                                                                         "block_length": 32},
+        "audio_qa": {"llama_questions": {"speech": {"score": llama_s, "n": 4}, "text": {"score": 50.0, "n": 4}},
+                     "alpaca_eval": {"speech": {"score": None}, "text": {"score": 61.0}}},
+        "asr": {} if asr_rate is None else {"aishell1_test": {"metric": "cer", "rate": asr_rate}},
+        "tts": {"tts_en": {"metric": "wer", "rate": 0.25}},
+    }
+
+
+def test_table_rows_in_paper_order_and_values() -> None:
+    table = build_table([result("ttt_no_sst", "r4", 10.2, 0.2), result("ttt", "r3", 34.68, 0.1365),
+                         result("ar_baseline", "r1", 10.0, None), result("my_variant", "r9", 1.0, None)])
+    assert [r["label"] for r in table["rows"]] == ["AR baseline", "TtT", "TtT w/o SST", "my_variant"]
+    keys = [c["key"] for c in table["columns"]]
+    assert keys == ["audio_qa/llama_questions/speech", "audio_qa/llama_questions/text", "audio_qa/alpaca_eval/speech",
+                    "audio_qa/alpaca_eval/text", "asr/aishell1_test", "tts/tts_en"]
+    ttt = table["rows"][1]["values"]
+    assert ttt["asr/aishell1_test"] == pytest.approx(13.65) and ttt["audio_qa/alpaca_eval/speech"] is None
+    assert table["rows"][0]["values"]["asr/aishell1_test"] is None
+    md = table_markdown(table)
+    assert "| TtT | 34.68 | 50.00 | – | 61.00 | 13.65 | 25.00 |" in md
+    assert "ASR: aishell1_test CER" in md.splitlines()[0]
+
+
+def test_table_labels_sampler_settings_when_a_system_has_several() -> None:
+    table = build_table([result("ttt", "a", 1.0, None, steps=10), result("ttt", "b", 2.0, None, steps=4)])
+    assert [r["label"] for r in table["rows"]] == ["TtT (steps 10, block 32)", "TtT (steps 4, block 32)"]
+
+
+def test_renderers_escape_and_link() -> None:
+    blocks = [Para("a < b"), Table(("x|y", "audio"), (("1|2", Link("play", "../eval/a b.wav")),))]
+    md = render_markdown(blocks)
+    assert "x\\|y" in md and "[play](../eval/a b.wav)" in md
+    page = render_html(blocks, "t")
+    assert "a &lt; b" in page and '<a href="../eval/a b.wav">play</a>' in page
+
+
+def test_read_metrics_skips_broken_lines(tmp_path: Path) -> None:
+    f = tmp_path / "metrics.jsonl"
+    f.write_text('{"step": 1, "loss": {"ar": 2.0}, "note": "x"}\n{"step": 2, "loss": \n[1, 2]\n\n{"step": 3}\n')
+    records, bad = read_metrics(f)
+    assert records == [{"step": 1.0, "loss/ar": 2.0}, {"step": 3.0}] and bad == 2
+
+
+def make_run(root: Path) -> Path:
+    """A run directory with every input the report reads, the way the jobs write them."""
+    shards = root / "shards"
+    (shards / "parquet").mkdir(parents=True)
+    (shards / "quarantine").mkdir()
+    pq.write_table(pa.table({
+        "sample_id": ["a", "b", "c"], "task": ["asr", "asr", "tts"], "source": ["ls"] * 3,
+        "n_tokens": pa.array([100, 300, 50], pa.int32()), "n_audio_tokens": pa.array([80, 250, 40], pa.int32()),
+        "spans": pa.array([[], [], []], pa.list_(SPAN_ARROW_TYPE)),
+    }), shards / "parquet" / "part-00000-of-00001.parquet")
+    quarantine = pa.table({"source": pa.array([], pa.string())})
+    pq.write_table(quarantine, shards / "quarantine" / "part-00000-of-00001.parquet")
+    (shards / "manifest.json").write_text(json.dumps({
+        "codec": {"name": "embedded", "version": "1", "codebook_size": 512, "token_rate": 25.0},
+        "vocab_size": 152210, "layout": "compact",
+        "counts": {"total": {"written_samples": 3, "tokens": 450, "audio_hours": 0.01, "quarantined": 1},
+                   "tasks": {"asr": {"samples": 2, "tokens": 400, "audio_hours": 0.008}},
+                   "sources": {"ls": {"read": 4, "written_records": 3, "written_samples": 3, "quarantined": 1,
+                                      "dropped": {}, "audio_hours": 0.01, "tokens": 450}}}}))
+    train = root / "train" / "ttt-small"
+    train.mkdir(parents=True)
+    lines = [json.dumps({"step": s, "loss": {"ar": 3.0 / s, "diffusion": 5.0 / s}, "tokens_per_s": 900.0 + s})
+             for s in range(1, 21)]
+    (train / "metrics.jsonl").write_text("\n".join([*lines, '{"step": 21, "lo']) + "\n")
+    ev = root / "eval"
+    ev.mkdir()
+    table = build_table([result("ttt", "r1", 34.68, 0.1365), result("ar_baseline", "r0", 10.0, 0.5494)])
+    (ev / "table.json").write_text(json.dumps(table))
+    wav = ev / "r1" / "audio" / "llama_questions" / "0.wav"
+    write_audio(wav, np.zeros(1600, np.float32), 16000)
+    (ev / "r1" / "items").mkdir(parents=True)
+    pq.write_table(pa.table({
+        "run_id": ["r1"] * 3, "task": ["audio_qa", "audio_qa", "asr"],
+        "item_id": ["llama_questions/0", "llama_questions/1", "ls/0"],
+        "subset": ["llama_questions", "llama_questions", "ls"],
+        "question": ["What is the capital of France?", "Unreadable question?", "an asr item"],
+        "references_json": ['["Paris"]', '["x"]', '["hello"]'], "answer_text": ["Paris.", "", "hello"],
+        "speech_transcript": ["Paris", "", None], "speech_verdict": ["correct", "", None],
+        "text_verdict": ["correct", "", None], "audio_path": [str(wav), "", None],
+        "status": ["ok", "input_error", "ok"],
+    }), ev / "r1" / "items" / "part-0.parquet")
+    (ev / "r1" / "results.json").write_text(json.dumps({
+        "audio_qa": {"llama_questions": {"n_items": 2, "n_input_error": 1, "n_generation_error": 0,
+                                         "speech": {"n_valid": 1, "n_invalid": 0, "n_error": 1},
+                                         "text": {"n_valid": 1, "n_invalid": 0, "n_error": 1}}},
+        "asr": {"aishell1_test": {"n_items": 30, "n_input_error": 0, "n_generation_error": 2, "substitutions": 10,
+                                  "deletions": 5, "insertions": 1, "ci_low": 0.11, "ci_high": 0.16}}}))
+    bench = root / "bench"
+    bench.mkdir()
+    (bench / "inference.json").write_text(json.dumps({
+        "name": "inference", "machine": {"cpu": "test"},
+        "numbers": {"cache": {"tokens_per_s": {"value": 812.5, "unit": "tokens/s"}}, "speedup": 14.2}}))
+    return bench
+
+
+def test_full_report(tmp_path: Path) -> None:
+    bench = make_run(tmp_path)
+    paths = {"root": str(tmp_path), "shards": str(tmp_path / "shards"), "eval": str(tmp_path / "eval"),
+             "checkpoints": str(tmp_path / "checkpoints"), "report": str(tmp_path / "report")}
+    out = build_report(paths, bench_dir=bench)
+    md = out.markdown.read_text()
+    assert "not available" not in md, md
+    assert "| asr | 2 | 400 | 0.008 |" in md  # manifest task counts
+    assert "codec embedded 1 (512 codes, 25 codes/s), unified vocabulary of 152210 ids (compact layout)." in md
+    assert "| asr | 2 | 200 | 290 | 300 |" in md  # DuckDB quantiles over the shard
+    assert md.index("| AR baseline |") < md.index("| TtT |")
+    assert "| TtT | 34.68 | 50.00 | – | 61.00 | 13.65 | 25.00 |" in md
+    assert "| r1 | audio_qa/llama_questions | 2 | 1 | 0 | 1 / 0 / 1 | 1 / 0 / 1 | – | – |" in md
+    assert "| r1 | asr/aishell1_test | 30 | 0 | 2 | – | – | 10 / 5 / 1 | 11.00–16.00 |" in md
+    assert "(1 unreadable lines skipped)" in md and "| value | 20 | 0.15 | 0.25 | 920 |" in md
+    assert "| cache.tokens_per_s | 812.5 | tokens/s |" in md and "| speedup | 14.2 |  |" in md
+    assert "What is the capital of France?" in md and "Unreadable question?" not in md  # failed items are not examples
+    assert "an asr item" not in md  # only Audio-QA items are examples
+    assert "[audio](../eval/r1/audio/llama_questions/0.wav)" in md
+    assert (out.markdown.parent / "../eval/r1/audio/llama_questions/0.wav").resolve().is_file()
+    assert [p.name for p in out.plots] == ["run0_ttt_small_losses.png", "run0_ttt_small_throughput.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in out.plots)
+    page = out.html.read_text()
+    assert page.count("<table>") == md.count("\n|---") and 'src="plots/run0_ttt_small_losses.png"' in page
+
+
+def test_report_with_nothing_to_report(tmp_path: Path) -> None:
+    out = build_report({"root": str(tmp_path / "empty")}, bench_dir=tmp_path / "nobench")
+    md = out.markdown.read_text()
+    assert md.count("not available") == 5
+    assert out.plots == () and out.html.is_file()

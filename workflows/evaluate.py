@@ -1,0 +1,47 @@
+"""Evaluation sweeps on Ray Data: checkpoints x sampler settings -> a Table-1-shaped table (pipelines/eval/jobs.py).
+
+    python workflows/evaluate.py                                   # eval=embedded: CPU, Whisper tiny.en, rule judge
+    python workflows/evaluate.py eval=production                   # GPUs, Whisper-large-v3 + Paraformer, LLM judge
+    python workflows/evaluate.py 'eval.grid.samplers=[{},{steps_per_block: 4},{threshold: 0.9}]'
+    python workflows/evaluate.py force=true                        # re-evaluate runs that are up to date
+
+Writes {paths.eval}/<run>/items/*.parquet (every item's outputs, status and errors), <run>/results.json, and
+{paths.eval}/table.json + table.md. Runs already evaluated with the same checkpoint and settings are reused.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Runnable as a script from a checkout that is not pip-installed: the repository root must be importable.
+# Python puts the script's own directory first on sys.path; it must go, because workflows/tokenize.py there
+# would shadow the standard library's `tokenize` (imported lazily by linecache, e.g. for tracebacks).
+_ROOT = str(Path(__file__).resolve().parents[1])
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from pipelines.eval.jobs import EvalConfigError, run_evaluation  # noqa: E402
+
+
+def run(cfg: DictConfig) -> dict:
+    """The whole sweep for a composed root config; returns the table written to {paths.eval}/table.json."""
+    return run_evaluation(OmegaConf.to_container(cfg, resolve=True))
+
+
+@hydra.main(config_path="conf", config_name="config", version_base=None)
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except (EvalConfigError, FileNotFoundError) as e:  # config or missing-input mistakes: say what to fix
+        print(f"evaluate: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: setup
-	$(PY) workflows/prepare_data.py
+	$(PY) workflows/full_run.py
 
 test: setup
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,27 @@
+"""The `python workflows/tokenize.py` entry point: config mistakes exit early with a message, and the
+file's name does not shadow the standard library's `tokenize` for scripts run from workflows/."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_missing_corpora_fail_fast_with_a_hint(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "workflows/tokenize.py", f"paths.root={tmp_path}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "invalid data sources" in proc.stderr and "does not exist" in proc.stderr
+    assert "prepare_data.py" in proc.stderr
+    assert not (tmp_path / "shards").exists()
+
+
+def test_scripts_in_workflows_get_the_standard_tokenize_module() -> None:
+    code = ("import sys; sys.path.insert(0, 'workflows'); import logging, tokenize; "
+            "assert callable(tokenize.generate_tokens); print(tokenize.__file__)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert not proc.stdout.strip().startswith(str(ROOT))

@@ -1,0 +1,68 @@
+"""The Ray Data tokenize job: configured corpora -> Parquet + WebDataset shards (pipelines/tokenize_job.py).
+
+    python workflows/tokenize.py                                # embedded corpora -> runs/local/shards
+    python workflows/tokenize.py data.sources_file=my_sources.yaml paths.root=/nfs/ttt/run1
+    python workflows/tokenize.py data.job.address=auto          # on a running Ray cluster (or RAY_ADDRESS)
+    python workflows/tokenize.py force=true                     # rebuild although the shards are up to date
+
+Re-running an interrupted job resumes it; re-running a finished one is a no-op (manifest fingerprint).
+
+This file shares its name with the standard library's `tokenize`, and a script's directory comes first on
+sys.path, so `import tokenize` (logging -> traceback -> linecache does it) in any script run from
+workflows/ -- this one included -- finds this file. Imported under that name, it loads the standard module
+and puts it in its place, so importers get the real one; nothing below runs for them.
+"""
+
+from __future__ import annotations
+
+import sys
+
+if __name__ == "tokenize":
+    import importlib.util
+    import sysconfig
+
+    _spec = importlib.util.spec_from_file_location("tokenize", f"{sysconfig.get_path('stdlib')}/tokenize.py")
+    _stdlib_tokenize = importlib.util.module_from_spec(_spec)
+    sys.modules["tokenize"] = _stdlib_tokenize  # the import system hands importers what is here afterwards
+    _spec.loader.exec_module(_stdlib_tokenize)
+
+
+def run(cfg: object) -> object:
+    """The whole job for a composed root config; returns a JobReport (manifest, timings, resume info)."""
+    from omegaconf import OmegaConf
+
+    from pipelines.tokenize_job import run_tokenize_job
+
+    return run_tokenize_job(OmegaConf.to_container(cfg, resolve=True))
+
+
+def main() -> None:
+    from pathlib import Path
+
+    import hydra
+    from omegaconf import DictConfig
+
+    from pipelines.tokenize_job import JobConfigError
+
+    @hydra.main(config_path="conf", config_name="config", version_base=None)
+    def app(cfg: DictConfig) -> None:
+        try:
+            run(cfg)
+        except JobConfigError as e:  # a config mistake: the message says what to fix, a traceback would bury it
+            hint = ""
+            if not Path(str(cfg.paths.raw)).exists():
+                hint = f"\n(no {cfg.paths.raw}: `python workflows/prepare_data.py` makes the embedded corpora)"
+            print(f"tokenize: {e}{hint}", file=sys.stderr)
+            sys.exit(2)
+
+    app()
+
+
+if __name__ == "__main__":
+    from pathlib import Path
+
+    # Runnable from a checkout that is not pip-installed: the repository root must be importable.
+    _root = str(Path(__file__).resolve().parents[1])
+    if _root not in sys.path:
+        sys.path.insert(0, _root)
+    main()

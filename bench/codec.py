@@ -171,7 +171,7 @@ class WhisperScorer:
         from whisper_normalizer.english import EnglishTextNormalizer
 
         self._model = WhisperModel(str(get_model_path()), device="cpu", compute_type="int8", cpu_threads=threads)
-        self._normalise = EnglishTextNormalizer()
+        self.normalise = EnglishTextNormalizer()
 
     def transcribe(self, audio_16k: np.ndarray) -> str:
         segments, _ = self._model.transcribe(
@@ -186,12 +186,12 @@ class WhisperScorer:
     def wer(self, audios_16k: Sequence[np.ndarray], texts: Sequence[str]) -> dict[str, Any]:
         import jiwer
 
-        refs = [self._normalise(t) for t in texts]
-        hyps = [self._normalise(self.transcribe(a)) for a in audios_16k]
+        refs = [self.normalise(t) for t in texts]
+        hyps = [self.normalise(self.transcribe(a)) for a in audios_16k]
         out = jiwer.process_words(refs, hyps)
         edits = out.substitutions + out.deletions + out.insertions
         words = sum(len(r.split()) for r in refs)
-        return {"wer": round(edits / words, 4), "edits": edits, "reference_words": words}
+        return {"wer": round(edits / words, 4), "edits": edits, "reference_words": words, "hypotheses": hyps}
 
 
 def mel_cepstral_distortion(reference: np.ndarray, test: np.ndarray, sample_rate: int) -> float:
@@ -338,6 +338,7 @@ def bench_voice(codec: Any, voice: VoiceAudio, scorer: WhisperScorer | None) -> 
             "codec": scorer.wer(to_16k[n : 2 * n], voice.heldout_texts),
             "griffin_lim_unquantised": scorer.wer(to_16k[2 * n :], voice.heldout_texts),
         }
+        result["references"] = [scorer.normalise(t) for t in voice.heldout_texts]
         wers = result["whisper_tiny_en"]
         result["whisper_tiny_en"]["codec_minus_raw"] = round(wers["codec"]["wer"] - wers["raw"]["wer"], 4)
     else:
@@ -448,7 +449,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "*_cpu_s": "seconds of process CPU time (all threads)",
             "*_rtf": "processing seconds (wall) per second of audio; *_cpu_rtf: CPU seconds per second of audio",
             "tokens_per_s": "codes per second of audio",
-            "wer": "corpus-level word error rate (sum of edits / sum of reference words), fraction",
+            "wer": "corpus-level word error rate (sum of edits / sum of reference words), fraction; "
+            "hypotheses and references are shown after Whisper's English normaliser",
             "mcd_db": "mel-cepstral distortion vs the original, dB (see bench/codec.py)",
             "pitch": "fractions of 10 ms frames (gross_pitch_error: of frames voiced in both)",
         },

@@ -20,8 +20,9 @@ from tokenization.codecs.embedded import (
 )
 from tokenization.tts import get_voice
 
-TINY = {
+TINY = {  # two residual stages at 25 Hz: exercises the interleaved layout the default (one stage) skips
     "kind": "embedded",
+    "frames_per_token": 4,
     "codebook_sizes": [16, 16],
     "pca_dim": 8,
     "kmeans_iterations": 4,
@@ -191,6 +192,8 @@ def test_factories_load_the_fitted_codec(codec_dir: Path, codec: EmbeddedCodec) 
 
 
 def test_config_validation() -> None:
+    default = EmbeddedCodecConfig()
+    assert (default.token_rate, default.codebook_sizes) == (50.0, (4096,))  # one code per 20 ms frame
     assert EmbeddedCodecConfig.from_mapping({"codebook_sizes": [8, 4]}).codebook_sizes == (8, 4)
     with pytest.raises(ValueError, match="pca_dim"):
         EmbeddedCodecConfig.from_mapping({"pca_dim": 1000})

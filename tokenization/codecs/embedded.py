@@ -6,15 +6,18 @@ paper's GLM-4-Voice tokenizer. This codec is fitted on the run's own (synthetic)
 How it works (all steps deterministic given the audio, the config and the seed):
 
 - Analysis. Audio is resampled to `sample_rate` (16 kHz) and its level normalised (the 90th percentile of
-  token-block RMS is set to `level`, so the codes do not spend bits on loudness). A Hann STFT
+  codec-frame RMS is set to `level`, so the codes do not spend bits on loudness). A Hann STFT
   (`n_fft`, `hop_length`) gives frames at 100 Hz; `frames_per_token` consecutive log-mel frames are
-  stacked into one vector per codec frame (25 Hz) and projected onto their top `pca_dim` principal
-  components (a whitening-free PCA: Euclidean distance there is distance between log-mel spectra).
-- Quantisation. Residual k-means: stage 0 quantises the vector, stage 1 the remaining error, etc. One
-  codec frame is therefore `len(codebook_sizes)` codes. They are written as ONE 1-D sequence, stage by
-  stage inside each frame ([c0_t, c1_t, c0_t+1, ...]), and stage s uses ids offset by the sizes of the
-  stages before it, so every id says which stage it belongs to. token_rate = 25 Hz * stages;
-  codebook_size = sum(codebook_sizes).
+  stacked into one vector per codec frame (50 Hz with the default 2) and projected onto their top
+  `pca_dim` principal components (no whitening: Euclidean distance there is distance between log-mel
+  spectra).
+- Quantisation. k-means, optionally residual: stage 0 quantises the vector, stage 1 the remaining error,
+  etc. (the default is one stage of 4,096 codes: bench/codec.py found two residual stages at 25 Hz
+  no more intelligible at the same 50 codes/s, and one code per frame is simpler for the LM). A codec
+  frame is `len(codebook_sizes)` codes, written as ONE 1-D sequence stage by stage inside each frame
+  ([c0_t, c1_t, c0_t+1, ...]); stage s uses ids offset by the sizes of the stages before it, so every id
+  says which stage it belongs to. token_rate = codec frame rate * stages; codebook_size =
+  sum(codebook_sizes).
 - Decoding. Each stage owns a table of log-magnitude spectra (`frames_per_token` STFT frames per entry);
   a frame's log-magnitudes are the sum of its codes' entries plus the mean, fitted jointly by least
   squares (backfitting) on the fit audio. This keeps harmonic detail that log-mel centroids lose.
@@ -64,9 +67,9 @@ class EmbeddedCodecConfig:
     n_fft: int = 640
     hop_length: int = 160
     n_mels: int = 80
-    frames_per_token: int = 4
-    pca_dim: int = 64
-    codebook_sizes: tuple[int, ...] = (4096, 4096)
+    frames_per_token: int = 2
+    pca_dim: int = 48
+    codebook_sizes: tuple[int, ...] = (4096,)
     kmeans_iterations: int = 20
     level: float = 0.1
     griffin_lim_iterations: int = 32

@@ -41,6 +41,7 @@ from pipelines.eval.items import GENERATION_ERROR, INPUT_ERROR, TASKS, load_item
 from pipelines.eval.judges import Judgment, aggregate, build_judge
 from pipelines.eval.metrics import error_rate
 from pipelines.eval.table import build_table, system_label, table_markdown
+from pipelines.ray_runtime import ensure_ray
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MANIFEST_FILE = "vocab_manifest.json"  # ttt_model.checkpoint.MANIFEST_FILE (not imported: keeps torch out)
@@ -220,23 +221,6 @@ def summarize(items: pa.Table, bootstrap: int = 0, seed: int = 0) -> dict[str, A
 
 # -------------------------------------------------------------------------------------------- pipeline
 
-def _ensure_ray(ray_cfg: Mapping[str, Any]) -> bool:
-    """Join `address` (or RAY_ADDRESS), else start a local cluster; True when we started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = ray_cfg.get("address") or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-    else:
-        pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-        ray.init(address="local", num_cpus=int(ray_cfg.get("num_cpus", 4)), include_dashboard=False,
-                 object_store_memory=int(float(ray_cfg.get("object_store_gb", 1.0)) * (1 << 30)),
-                 runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
-    return True
-
-
 def _blocks(table: pa.Table, rows_per_block: int) -> list[pa.Table]:
     """Small explicit blocks, so an actor pool gets work in parallel even for a few dozen items."""
     step = max(1, rows_per_block)
@@ -344,7 +328,9 @@ def run_evaluation(cfg: Mapping[str, Any], codec_factory: Callable[[], Any] | No
     specs = build_grid(cfg)
     items, dropped = load_eval_items(cfg["eval"])
     factory = codec_factory or default_codec_factory(cfg.get("codec") or {})
-    started = _ensure_ray(cfg["eval"].get("ray") or {})
+    ray_cfg = cfg["eval"].get("ray") or {}
+    started = ensure_ray(ray_cfg.get("address"), int(ray_cfg.get("num_cpus", 4)),
+                         float(ray_cfg.get("object_store_gb", 1.0)))
     try:
         results = [evaluate_run(s, cfg, items, factory, eval_dir, bool(cfg.get("force", False))) for s in specs]
     finally:

@@ -9,10 +9,9 @@ synthesised by the job before building: `speech_plan(record)` lists the texts to
 builders consume `record.speech`. Keeping plan and builder in one module is what makes that order a
 contract rather than a coincidence.
 
-Sequences that need text as *token ids* (the 13:26 interleave chunks text by tokens; imports are
-already ids) are assembled by `assemble_chat`, which follows `tokenization.sequence.build_chat`'s
-template exactly (tests check that both give identical ids and spans); everything else uses
-`build_chat` / `build_document` directly.
+Every sequence comes from `tokenization.sequence.build_chat` / `build_document`, so there is one chat
+template. Content that is already token ids (the 13:26 interleave chunks text by tokens; imports are ids)
+goes in as `Part.tokens`.
 """
 
 from __future__ import annotations
@@ -25,17 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from tokenization.sequence import (
-    BuiltSequence,
-    Part,
-    Span,
-    Turn,
-    build_chat,
-    build_document,
-    spans_from_ids,
-    validate_spans,
-)
-from tokenization.vocab import EOA, EOA_FINAL, EOA_USER, IM_END, IM_START, SOA, SOA_FINAL, UnifiedVocab
+from tokenization.sequence import BuiltSequence, Part, Turn, build_chat, build_document, validate_spans
+from tokenization.vocab import UnifiedVocab
 
 # GLM-4-Voice "streaming thoughts": 13 text tokens, then 26 audio tokens, repeated.
 INTERLEAVE_TEXT_TOKENS = 13
@@ -103,15 +93,6 @@ class Sample:
     text: str
 
 
-@dataclass(frozen=True)
-class Piece:
-    """Turn content already in unified-vocabulary ids: a text run, or one whole audio span."""
-
-    ids: np.ndarray
-    audio: bool = False
-    final: bool = False
-
-
 # ---- choices that must be stable per record ------------------------------------------------------------
 
 def stable_fraction(key: str, salt: str = "") -> float:
@@ -173,60 +154,6 @@ def interleave(text_ids: Sequence[int], codes: np.ndarray, n_text: int = INTERLE
     if t < len(text):
         out.append(("text", text[t:], False))
     return out
-
-
-# ---- id-level chat assembly (same template as tokenization.sequence.build_chat) ------------------------
-
-def text_piece(ids: Sequence[int] | np.ndarray) -> Piece:
-    return Piece(np.asarray(ids, dtype=np.int64))
-
-
-def audio_piece(vocab: UnifiedVocab, codes: np.ndarray, role: str, final: bool = False) -> Piece:
-    """An audio span for `role`: user/system audio is [SOA, codes, EOA_USER]; generated audio is
-    [SOA, codes, EOA], or [SOA_FINAL, codes, EOA_FINAL] for the turn's final span."""
-    if role in ("user", "system"):
-        opener, closer, final = SOA, EOA_USER, False
-    else:
-        opener, closer = (SOA_FINAL, EOA_FINAL) if final else (SOA, EOA)
-    ids = np.concatenate([[vocab.id(opener)], vocab.audio_ids(codes), [vocab.id(closer)]])
-    return Piece(ids.astype(np.int64), audio=True, final=final)
-
-
-def assemble_chat(vocab: UnifiedVocab, turns: Sequence[tuple[str, Sequence[Piece]]]) -> BuiltSequence:
-    """`build_chat` for content given as ids: `<|im_start|>role\\n` (never a target), the pieces,
-    `<|im_end|>` (a target in assistant turns), `\\n` (never). Adjacent text with equal attributes forms
-    one span, as in build_chat."""
-    ids: list[np.ndarray] = []
-    spans: list[Span] = []
-    pos = 0
-
-    def add(piece_ids: np.ndarray, kind: str, role: str, target: bool, final: bool, turn: int) -> None:
-        nonlocal pos
-        if len(piece_ids) == 0:
-            return
-        end = pos + len(piece_ids)
-        last = spans[-1] if spans else None
-        if kind == "text" and last and last.kind == "text" and (last.role, last.is_target, last.turn) == (
-                role, target, turn):
-            spans[-1] = Span("text", last.start, end, role, target, False, turn)
-        else:
-            spans.append(Span(kind, pos, end, role, target, final, turn))
-        ids.append(np.asarray(piece_ids, dtype=np.int64))
-        pos = end
-
-    newline = np.asarray(vocab.encode_text("\n"), dtype=np.int64)
-    for turn_idx, (role, pieces) in enumerate(turns):
-        if role not in ("system", "user", "assistant"):
-            raise ValueError(f"chat role must be system|user|assistant, got {role!r}")
-        target = role == "assistant"
-        header = np.asarray([vocab.id(IM_START), *vocab.encode_text(f"{role}\n")], dtype=np.int64)
-        add(header, "text", role, False, False, turn_idx)
-        for p in pieces:
-            add(p.ids, "audio" if p.audio else "text", role, target, p.final, turn_idx)
-        add(np.asarray([vocab.id(IM_END)]), "text", role, target, False, turn_idx)
-        add(newline, "text", role, False, False, turn_idx)
-    flat = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
-    return BuiltSequence(flat.astype(np.int32), spans)
 
 
 # ---- what to synthesise --------------------------------------------------------------------------------
@@ -323,8 +250,8 @@ def build_text_chat(vocab: UnifiedVocab, rec: Record) -> Sample:
     return Sample("text_chat", build_chat(vocab, turns), answer)
 
 
-def _interleaved_answer(vocab: UnifiedVocab, text: str, codes: np.ndarray) -> list[Piece]:
-    return [text_piece(x) if kind == "text" else audio_piece(vocab, x, "assistant", final)
+def _interleaved_answer(vocab: UnifiedVocab, text: str, codes: np.ndarray) -> list[Part]:
+    return [Part.tokens(x) if kind == "text" else Part.audio(x, final=final)
             for kind, x, final in interleave(vocab.encode_text(text), codes)]
 
 
@@ -334,25 +261,25 @@ def build_audio_chat(vocab: UnifiedVocab, rec: Record) -> Sample:
     speech = list(rec.speech)
     _require(len(speech) == len(speech_plan(rec)), f"audio_chat: {len(speech)} synthesised utterances, "
                                                    f"expected {len(speech_plan(rec))}")
-    turns: list[tuple[str, list[Piece]]] = []
+    turns: list[Turn] = []
     if rec.messages:
         for m in rec.messages:
             role, content = str(m["role"]), str(m["content"])
             if role == "system":
-                turns.append((role, [text_piece(vocab.encode_text(content))]))
+                turns.append(Turn(role, [Part(text=content)]))
             elif role == "user":
-                turns.append((role, [audio_piece(vocab, speech.pop(0), role)]))
+                turns.append(Turn(role, [Part.audio(speech.pop(0))]))
             else:
-                turns.append((role, _interleaved_answer(vocab, content, speech.pop(0))))
+                turns.append(Turn(role, _interleaved_answer(vocab, content, speech.pop(0))))
         answer = next(str(m["content"]) for m in reversed(rec.messages) if m["role"] == "assistant")
     else:
         answer = _answer(rec)
         _require(bool(answer), "audio_chat record has no answer (meta.answer / meta.answers)")
         question = list(rec.audio) if rec.has_audio else [speech.pop(0)]
         _require(bool(question) and all(len(c) for c in question), "audio_chat record has no question audio")
-        turns.append(("user", [audio_piece(vocab, c, "user") for c in question]))
-        turns.append(("assistant", _interleaved_answer(vocab, answer, speech.pop(0))))
-    return Sample("audio_chat", assemble_chat(vocab, turns), answer)
+        turns.append(Turn("user", [Part.audio(c) for c in question]))
+        turns.append(Turn("assistant", _interleaved_answer(vocab, answer, speech.pop(0))))
+    return Sample("audio_chat", build_chat(vocab, turns), answer)
 
 
 def build_interleaved(vocab: UnifiedVocab, rec: Record) -> Sample:
@@ -369,24 +296,20 @@ def build_interleaved(vocab: UnifiedVocab, rec: Record) -> Sample:
 
 def build_import(vocab: UnifiedVocab, rec: Record) -> Sample:
     """A reference-format sample (`<|audio_N|>` and span markers inline): ids via `encode_mixed` (unknown
-    tokens and out-of-range codes raise), spans recovered from the ids, roles from the messages."""
+    tokens and out-of-range codes raise), spans recovered from the ids, roles from the messages. The
+    markers are kept as written, so a malformed span (wrong closer, cut mid-way) fails validation instead
+    of being silently repaired."""
     if rec.messages:
-        turns = []
-        for m in rec.messages:
-            role = str(m["role"])
-            ids = np.asarray(vocab.encode_mixed(str(m["content"])), dtype=np.int64)
-            turns.append((role, [Piece(ids[s.start:s.end], s.kind == "audio", s.is_final_in_turn)
-                                 for s in spans_from_ids(vocab, ids, role, role == "assistant")]))
-        seq = assemble_chat(vocab, turns)
+        turns = [Turn(str(m["role"]), [Part.tokens(vocab.encode_mixed(str(m["content"])))]) for m in rec.messages]
+        seq = build_chat(vocab, turns)
         answer_ids = next(vocab.encode_mixed(str(m["content"])) for m in reversed(rec.messages)
                           if m["role"] == "assistant")
         text = "".join(s.text for s in vocab.segments(answer_ids) if s.kind == "text")
         return Sample(rec.task, seq, text)
     _require(bool(rec.text.strip()), "imported document is empty")
-    ids = np.asarray([*vocab.encode_mixed(rec.text), vocab.pad_id], dtype=np.int64)
-    seq = BuiltSequence(ids.astype(np.int32), spans_from_ids(vocab, ids))
-    text = "".join(s.text for s in vocab.segments(ids[:-1]) if s.kind == "text")
-    return Sample(rec.task, seq, text)
+    ids = vocab.encode_mixed(rec.text)
+    text = "".join(s.text for s in vocab.segments(ids) if s.kind == "text")
+    return Sample(rec.task, build_document(vocab, [Part.tokens(ids)]), text)
 
 
 BUILDERS = {
@@ -411,7 +334,7 @@ def build_sample(vocab: UnifiedVocab, rec: Record) -> Sample:
 
 __all__ = [
     "BUILDERS", "BUILT_TASKS", "IMPORT_KINDS", "INLINE_TOKEN_RE", "INTERLEAVE_AUDIO_TOKENS", "INTERLEAVE_TEXT_TOKENS",
-    "PROMPTS", "SPEECH_TASKS", "Piece", "Record", "Sample", "assemble_chat", "audio_piece", "build_sample",
+    "PROMPTS", "SPEECH_TASKS", "Record", "Sample", "build_sample",
     "interleave", "is_pretokenized", "may_need_speech", "output_task",
-    "pick", "prompt_for", "sentences", "speech_plan", "stable_fraction", "text_piece",
+    "pick", "prompt_for", "sentences", "speech_plan", "stable_fraction",
 ]

@@ -68,16 +68,54 @@ def spans_from_pylist(rows: Iterable[dict]) -> list[Span]:
 
 @dataclass(frozen=True)
 class Part:
-    """One piece of a turn's content: text, or an audio span given as codec codes."""
+    """One piece of a turn's content, in exactly one of three forms:
+
+    - `Part(text=...)`: text, tokenized by the builder;
+    - `Part.audio(codes, final, closed)`: one audio span given as codec codes; the builder wraps it in the
+      opener/closer its role and `final` call for;
+    - `Part.tokens(ids)`: content already in unified-vocabulary ids, taken as is. Callers that chunk text by
+      tokens (the 13:26 interleave) or import already-tokenized data (the reference's inline format) have
+      ids, and re-encoding decoded text would not give the same ids back (BPE merges across chunk edges).
+      Audio spans inside the ids keep their own markers; the builder finds them with `spans_from_ids`
+      (so a span's `is_final_in_turn` follows its opener) and leaves judging them to `validate_spans`.
+
+    `final` and `closed` describe how to wrap codes, so they are rejected on the other forms rather than
+    silently ignored.
+    """
 
     text: str | None = None
     codes: np.ndarray | None = None
+    ids: np.ndarray | None = None
     final: bool = False  # audio only: the turn's final span (<|begin_of_quad|> ... <|end_of_audio_span_last|>)
     closed: bool = True  # audio only: False leaves the closer off (a truncated, still-open span)
 
+    def __post_init__(self) -> None:
+        given = [name for name in ("text", "codes", "ids") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a Part holds exactly one of text, codes or ids; got {given or 'none'}")
+        if self.codes is None and (self.final or not self.closed):
+            raise ValueError("Part.final and Part.closed only apply to audio codes")
+        for name in ("codes", "ids"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, _int_vector(value, name))
+
     @staticmethod
     def audio(codes: Sequence[int] | np.ndarray, final: bool = False, closed: bool = True) -> Part:
-        return Part(codes=np.asarray(codes, dtype=np.int64), final=final, closed=closed)
+        return Part(codes=np.asarray(codes), final=final, closed=closed)
+
+    @staticmethod
+    def tokens(ids: Sequence[int] | np.ndarray) -> Part:
+        return Part(ids=np.asarray(ids))
+
+
+def _int_vector(value: Sequence[int] | np.ndarray, name: str) -> np.ndarray:
+    """A 1-D int64 array, or ValueError: a float, bool or nested id or code is a caller bug, which a cast
+    to int64 would hide by truncating."""
+    arr = np.asarray(value)
+    if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"Part.{name} must be a 1-D sequence of integers, got {arr.dtype} of shape {arr.shape}")
+    return arr.astype(np.int64, copy=False)
 
 
 @dataclass
@@ -111,8 +149,8 @@ class _Builder:
         self.ids: list[int] = []
         self.spans: list[Span] = []
 
-    def text(self, ids: Sequence[int], role: str, target: bool, turn: int) -> None:
-        if not ids:
+    def text(self, ids: Sequence[int] | np.ndarray, role: str, target: bool, turn: int) -> None:
+        if len(ids) == 0:
             return
         start = len(self.ids)
         self.ids.extend(int(i) for i in ids)
@@ -122,7 +160,7 @@ class _Builder:
         else:
             self.spans.append(Span("text", start, len(self.ids), role, target, False, turn))
 
-    def audio(self, ids: Sequence[int], role: str, target: bool, final: bool, turn: int) -> None:
+    def audio(self, ids: Sequence[int] | np.ndarray, role: str, target: bool, final: bool, turn: int) -> None:
         start = len(self.ids)
         self.ids.extend(int(i) for i in ids)
         self.spans.append(Span("audio", start, len(self.ids), role, target, final, turn))
@@ -141,7 +179,7 @@ def _audio_ids(vocab: UnifiedVocab, part: Part, role: str) -> list[int]:
 
 
 def build_chat(vocab: UnifiedVocab, turns: Sequence[Turn], add_generation_prompt: bool = False) -> BuiltSequence:
-    """Qwen chat template (`<|im_start|>role\\n ... <|im_end|>\\n`) over text and audio parts.
+    """Qwen chat template (`<|im_start|>role\\n ... <|im_end|>\\n`) over text, audio and pre-tokenized parts.
 
     Target tokens of a target turn: its content and its `<|im_end|>` (so the model learns to end a turn);
     the role header and the newline after `<|im_end|>` are never targets. `add_generation_prompt`
@@ -176,11 +214,24 @@ def build_document(vocab: UnifiedVocab, parts: Sequence[Part], eos: bool = True)
 
 def _content(vocab: UnifiedVocab, b: _Builder, turn: Turn, target: bool, turn_idx: int) -> None:
     for part in turn.parts:
-        if part.codes is not None:
+        if part.ids is not None:
+            _tokens(vocab, b, part.ids, turn.role, target, turn_idx)
+        elif part.codes is not None:
             final = part.final and turn.role not in PROMPT_ROLES  # prompt audio has no "final span"
             b.audio(_audio_ids(vocab, part, turn.role), turn.role, target, final, turn_idx)
         elif part.text:
             b.text(vocab.encode_text(part.text), turn.role, target, turn_idx)
+
+
+def _tokens(vocab: UnifiedVocab, b: _Builder, ids: np.ndarray, role: str, target: bool, turn_idx: int) -> None:
+    """Pre-tokenized content: text runs and whole audio spans, split where `spans_from_ids` finds them."""
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab.size):
+        raise ValueError(f"pre-tokenized ids outside the vocabulary [0, {vocab.size})")
+    for s in spans_from_ids(vocab, ids, role, target):
+        if s.kind == "audio":
+            b.audio(ids[s.start:s.end], role, target, s.is_final_in_turn, turn_idx)
+        else:
+            b.text(ids[s.start:s.end], role, target, turn_idx)
 
 
 def spans_from_ids(vocab: UnifiedVocab, ids: np.ndarray, role: str = "document", target: bool = True) -> list[Span]:

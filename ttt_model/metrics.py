@@ -16,11 +16,17 @@ Sinks (rank 0 only): `metrics.jsonl` (one record per logged step, what the repor
 event files under `tensorboard/`, and MLflow when MLFLOW_TRACKING_URI is set in the environment (the
 tracking URI and any credentials come only from the environment, never from config). A resumed run rewinds
 all three to the checkpoint's step so a loss curve has no duplicated or orphaned points.
+
+The human-readable progress line goes through `logging` (`log_progress`), never `print`: on a Ray Train
+worker `print` is patched to log to the root logger and, because Ray has replaced the worker's sys.stdout,
+also to echo to stdout, so a printed line reached the driver's console twice. Ray Train gives the worker's
+root logger one console handler (and its per-worker application log file), so a logged line arrives once.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -35,6 +41,8 @@ JSONL_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 # Dense bf16 tensor-core peak per device, TFLOPS (vendor data sheets, SXM parts).
 PEAK_TFLOPS = {"A100": 312.0, "H100": 989.0, "H200": 989.0}
+
+logger = logging.getLogger(__name__)
 
 
 class FlopsModel:
@@ -109,6 +117,11 @@ def format_progress(step: int, total: int, epoch: int, m: Mapping[str, float], e
     if eta_s is not None:
         parts.append(f"eta {_duration(eta_s)}")
     return " | ".join(parts)
+
+
+def log_progress(step: int, total: int, epoch: int, m: Mapping[str, float], eta_s: float | None) -> None:
+    """The progress line, once per logged step on rank 0 (logged, not printed: see the module docstring)."""
+    logger.info(format_progress(step, total, epoch, m, eta_s))
 
 
 def _duration(seconds: float) -> str:
@@ -204,5 +217,5 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 __all__ = [
     "JSONL_FILE", "PEAK_TFLOPS", "TENSORBOARD_DIR", "FlopsModel", "MetricSinks", "MlflowSink", "StepTimer",
-    "flatten", "format_progress", "mfu", "peak_flops", "read_jsonl", "rewind_jsonl",
+    "flatten", "format_progress", "log_progress", "mfu", "peak_flops", "read_jsonl", "rewind_jsonl",
 ]

@@ -13,15 +13,12 @@ from pipelines.tasks import (
     INTERLEAVE_TEXT_TOKENS,
     PROMPTS,
     Record,
-    assemble_chat,
-    audio_piece,
     build_sample,
     interleave,
     is_pretokenized,
     prompt_for,
     sentences,
     speech_plan,
-    text_piece,
 )
 from tokenization.codecs.base import CodecIdentity
 from tokenization.sequence import Part, Turn, build_chat, validate_spans
@@ -79,36 +76,6 @@ def test_interleave_audio_runs_out_first_then_text_continues() -> None:
 def test_interleave_needs_codes() -> None:
     with pytest.raises(ValueError, match="speech codes"):
         interleave(np.arange(5), codes(0))
-
-
-# ---- id-level assembly is build_chat -------------------------------------------------------------------
-
-words = st.text(alphabet="abc xyz,.?é中", min_size=1, max_size=12)
-
-
-@st.composite
-def chats(draw: st.DrawFn) -> list[Turn]:
-    turns = []
-    for i in range(draw(st.integers(1, 5))):
-        role = "system" if i == 0 and draw(st.booleans()) else ("user", "assistant")[i % 2]
-        parts = [Part(text=draw(words)) if draw(st.booleans()) else Part.audio(draw(st.lists(
-            st.integers(0, 511), min_size=1, max_size=9))) for _ in range(draw(st.integers(0, 3)))]
-        if role == "assistant" and draw(st.booleans()):
-            parts.append(Part.audio([1, 2, 3], final=True))
-        turns.append(Turn(role, parts))
-    return turns
-
-
-@settings(max_examples=80, deadline=None)
-@given(chats())
-def test_assemble_chat_matches_build_chat(turns: list[Turn]) -> None:
-    expected = build_chat(VOCAB, turns)
-    pieces = [(t.role, [text_piece(VOCAB.encode_text(p.text)) if p.codes is None
-                        else audio_piece(VOCAB, p.codes, t.role, p.final) for p in t.parts if p.codes is not None
-                        or p.text]) for t in turns]
-    got = assemble_chat(VOCAB, pieces)
-    assert np.array_equal(got.input_ids, expected.input_ids)
-    assert got.spans == expected.spans
 
 
 # ---- builders ------------------------------------------------------------------------------------------

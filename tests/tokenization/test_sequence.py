@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -18,7 +20,7 @@ from tokenization.sequence import (
     validate_spans,
 )
 from tokenization.text import load_text_tokenizer
-from tokenization.vocab import EOA_FINAL, IM_END, SOA_FINAL, UnifiedVocab
+from tokenization.vocab import EOA, EOA_FINAL, EOA_USER, IM_END, SOA, SOA_FINAL, UnifiedVocab
 
 VOCAB = UnifiedVocab(load_text_tokenizer(), CodecIdentity("test", "1", 25.0, 512, 16000, 16000, "h"))
 
@@ -27,7 +29,9 @@ codes = st.lists(st.integers(0, 511), min_size=1, max_size=20)
 
 
 @st.composite
-def turns(draw: st.DrawFn) -> list[Turn]:
+def turns(draw: st.DrawFn, open_spans: bool = False) -> list[Turn]:
+    """Chats of text and audio parts; `open_spans` also draws unclosed audio spans (valid ids, though only
+    the sequence's last span may be open for `validate_spans`)."""
     roles = draw(st.lists(st.sampled_from(["user", "assistant"]), min_size=1, max_size=5))
     if draw(st.booleans()):
         roles = ["system", *roles]
@@ -38,7 +42,8 @@ def turns(draw: st.DrawFn) -> list[Turn]:
             if draw(st.booleans()):
                 parts.append(Part(text=draw(words)))
             else:
-                parts.append(Part.audio(draw(codes), final=draw(st.booleans()) and role != "assistant"))
+                closed = not (open_spans and draw(st.booleans()))
+                parts.append(Part.audio(draw(codes), final=draw(st.booleans()) and role != "assistant", closed=closed))
         if role == "assistant" and draw(st.booleans()):
             parts.append(Part.audio(draw(codes), final=True))
         out.append(Turn(role, parts))
@@ -140,3 +145,86 @@ def test_markers_inside_text_are_rejected() -> None:
         ids = np.asarray(VOCAB.encode_mixed(f"hello{stray}world"), dtype=np.int32)
         with pytest.raises(ValueError, match="inside text span"):
             validate_spans(VOCAB, ids, [Span("text", 0, len(ids), "document", True)])
+
+
+# ---- pre-tokenized parts -------------------------------------------------------------------------------
+
+def rendered(part: Part, role: str) -> list[int]:
+    """Independent oracle for a part's ids: the text's tokens, or [opener, codes..., closer] with the
+    markers the module docstring assigns to the role (prompt audio never uses the final markers)."""
+    if part.codes is None:
+        return VOCAB.encode_text(part.text or "")
+    if role in ("system", "user"):
+        opener, closer = SOA, EOA_USER
+    else:
+        opener, closer = (SOA_FINAL, EOA_FINAL) if part.final else (SOA, EOA)
+    return [VOCAB.id(opener), *(VOCAB.audio_offset + part.codes).tolist(), *([VOCAB.id(closer)] if part.closed else [])]
+
+
+@settings(max_examples=80, deadline=None)
+@given(turns(open_spans=True), st.booleans())
+def test_pretokenized_parts_build_what_their_text_and_codes_build(ts: list[Turn], one_part_per_turn: bool) -> None:
+    """Giving content as ids changes nothing: not the ids, not the span table, and not how the ids are
+    split into parts (text runs merge, audio spans are found at their markers)."""
+    expected = build_chat(VOCAB, ts)
+    as_ids = []
+    for t in ts:
+        ids = [rendered(p, t.role) for p in t.parts]
+        whole = [i for chunk in ids for i in chunk]
+        parts = [Part.tokens(whole)] if one_part_per_turn else [Part.tokens(chunk) for chunk in ids]
+        as_ids.append(Turn(t.role, parts))
+    got = build_chat(VOCAB, as_ids)
+    assert np.array_equal(got.input_ids, expected.input_ids)
+    assert got.spans == expected.spans
+    doc_parts = [p for t in ts for p in t.parts]
+    doc = build_document(VOCAB, [Part.tokens(rendered(p, "document")) for p in doc_parts])
+    assert np.array_equal(doc.input_ids, build_document(VOCAB, doc_parts).input_ids)
+    assert doc.spans == build_document(VOCAB, doc_parts).spans
+
+
+def test_pretokenized_markers_are_kept_as_written_for_validation_to_judge() -> None:
+    """Imported ids are not repaired: a prompt span opened as final stays final (and fails validation), a
+    wrong closer stays wrong."""
+    quad = [VOCAB.id(SOA_FINAL), VOCAB.audio_offset + 3, VOCAB.id(EOA_FINAL)]
+    seq = build_chat(VOCAB, [Turn("user", [Part.tokens(quad)]), Turn("assistant", [Part(text="ok")])])
+    (span,) = [s for s in seq.spans if s.kind == "audio"]
+    assert span.role == "user" and span.is_final_in_turn and not span.is_target
+    assert seq.input_ids[span.start:span.end].tolist() == quad
+    with pytest.raises(ValueError, match="opener allowed for role user"):
+        validate_spans(VOCAB, seq.input_ids, seq.spans)
+    wrong = [VOCAB.id(SOA), VOCAB.audio_offset + 3, VOCAB.id(EOA_USER)]
+    seq = build_chat(VOCAB, [Turn("user", [Part(text="q")]), Turn("assistant", [Part.tokens(wrong)])])
+    with pytest.raises(ValueError, match="closer"):
+        validate_spans(VOCAB, seq.input_ids, seq.spans)
+
+
+@pytest.mark.parametrize("ids", [[-1], [VOCAB.size], [5, VOCAB.size + 7]])
+def test_pretokenized_ids_outside_the_vocabulary_are_rejected(ids: list[int]) -> None:
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        build_chat(VOCAB, [Turn("user", [Part.tokens(ids)])])
+
+
+def test_empty_pretokenized_part_adds_nothing() -> None:
+    plain = build_chat(VOCAB, [Turn("user", [Part(text="q")])])
+    with_empty = build_chat(VOCAB, [Turn("user", [Part.tokens([]), Part(text="q"), Part(ids=np.zeros(0, np.int32))])])
+    assert np.array_equal(plain.input_ids, with_empty.input_ids) and plain.spans == with_empty.spans
+
+
+@pytest.mark.parametrize(("make", "match"), [
+    (lambda: Part(), "exactly one of text, codes or ids"),
+    (lambda: Part(text="a", ids=np.arange(2)), "exactly one of text, codes or ids"),
+    (lambda: Part(text="a", codes=np.arange(2)), "exactly one of text, codes or ids"),
+    (lambda: Part(text="a", final=True), "only apply to audio codes"),
+    (lambda: Part(ids=np.arange(2), closed=False), "only apply to audio codes"),
+    (lambda: Part.tokens([1.5, 2.0]), "1-D sequence of integers"),
+    (lambda: Part.tokens([[1, 2]]), "1-D sequence of integers"),
+    (lambda: Part(ids=np.array([True, False])), "1-D sequence of integers"),
+    (lambda: Part.audio([0.5]), "1-D sequence of integers"),
+])
+def test_malformed_parts_are_rejected_when_made(make: Callable[[], Part], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_part_arrays_are_int64_vectors() -> None:
+    assert Part(ids=[1, 2]).ids.dtype == np.int64 and Part(codes=np.array([3], np.int16)).codes.dtype == np.int64

@@ -10,10 +10,16 @@ A crash at any point leaves either the previous checkpoint or the new one comple
 the instant between the two renames of an overwrite, no `out_dir` and the previous one in a `.old` sibling),
 never a directory that loads wrong. `extra` carries the training loop's own state for resume (optimizer,
 scheduler, RNG, data position), saved in the same atomic step.
+
+`objective.json` records the training objective (workflows/conf/objective: `mode` ttt | ar | nar and the rest
+of the group), because a checkpoint must be decoded the way it was trained (ttt_model/sampler.py `decode:
+auto`). It is JSON beside the weights, not part of `extra`, so evaluation drivers read it without torch and
+without loading the optimizer state; a checkpoint without it (older ones) reads as "not recorded".
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -29,11 +35,13 @@ from tokenization.vocab import check_compatible, read_manifest, write_manifest
 
 MANIFEST_FILE = "vocab_manifest.json"
 EXTRA_FILE = "training_state.pt"
+OBJECTIVE_FILE = "objective.json"
 
 
 def save_checkpoint(model: Qwen2ForCausalLM, vocab_manifest: Mapping[str, Any], out_dir: str | Path,
-                    extra: Mapping[str, Any] | None = None) -> Path:
-    """Write `model` (safetensors), its vocabulary manifest and optional `extra` state to `out_dir`, atomically.
+                    extra: Mapping[str, Any] | None = None, objective: Mapping[str, Any] | None = None) -> Path:
+    """Write `model` (safetensors), its vocabulary manifest, optional `extra` state and optional training
+    `objective` config (a JSON-serialisable mapping with at least `mode`) to `out_dir`, atomically.
 
     `extra` is saved with `torch.save` (tensors, nested dicts/lists, numbers and strings: what optimizer and
     scheduler `state_dict()`s and RNG states are made of) and read back with `load_extra`. An existing
@@ -49,6 +57,10 @@ def save_checkpoint(model: Qwen2ForCausalLM, vocab_manifest: Mapping[str, Any], 
         write_manifest(vocab_manifest, tmp / MANIFEST_FILE)
         if extra is not None:
             torch.save(dict(extra), tmp / EXTRA_FILE)
+        if objective is not None:
+            if "mode" not in objective:
+                raise ValueError(f"the objective record needs its `mode`, got keys {sorted(objective)}")
+            (tmp / OBJECTIVE_FILE).write_text(json.dumps(dict(objective), indent=2, sort_keys=True) + "\n")
         for f in tmp.iterdir():
             _fsync(f)
         _fsync(tmp)
@@ -90,6 +102,12 @@ def load_extra(path: str | Path) -> dict[str, Any] | None:
     """The `extra` state saved with a checkpoint, or None when it was saved without one."""
     f = Path(path).expanduser() / EXTRA_FILE
     return torch.load(f, map_location="cpu", weights_only=True) if f.is_file() else None
+
+
+def load_objective(path: str | Path) -> dict[str, Any] | None:
+    """The training objective recorded with a checkpoint, or None when it has no record (older checkpoints)."""
+    f = Path(path).expanduser() / OBJECTIVE_FILE
+    return json.loads(f.read_text()) if f.is_file() else None
 
 
 def _check_rows(model: Qwen2ForCausalLM, manifest: Mapping[str, Any], where: Path) -> None:

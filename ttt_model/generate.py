@@ -10,6 +10,9 @@ prompt ends with an open assistant header (`build_chat(..., add_generation_promp
 every audio block, an `AudioOut` with the samples the codec's streaming decoder could finish, so playback
 starts after the first block instead of the end of the turn. `answer` collects one turn with timings;
 `answer_batch` decodes many conversations together (evaluation).
+
+The decoder follows the checkpoint's recorded training objective (`objective.json`; sampler `decode: auto`):
+a TtT checkpoint gets AR text + diffusion spans, an AR or NAR baseline its own decoder (ttt_model/sampler.py).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from tokenization.sequence import Part, Turn, build_chat
 from tokenization.text import BUNDLED
 from tokenization.vocab import UnifiedVocab, check_compatible, read_manifest
 from tokenization.vocab_factory import make_vocab
-from ttt_model.checkpoint import MANIFEST_FILE, load_checkpoint
+from ttt_model.checkpoint import MANIFEST_FILE, load_checkpoint, load_objective
 from ttt_model.sampler import (
     AudioBlock,
     DecodeRun,
@@ -40,6 +43,7 @@ from ttt_model.sampler import (
     TextDelta,
     TtTSampler,
     TurnEnd,
+    resolve_decode,
 )
 
 AudioInput = str | Path | tuple[np.ndarray, int]
@@ -84,12 +88,22 @@ class Answer:
 
 @dataclass
 class SpeechLM:
-    """A loaded checkpoint with the vocabulary and codec it was trained with."""
+    """A loaded checkpoint with the vocabulary and codec it was trained with, and its training objective
+    (None when the checkpoint records none: then `decode: auto` means TtT)."""
 
     model: Qwen2ForCausalLM
     vocab: UnifiedVocab
     codec: AudioCodec
     manifest: dict[str, Any]
+    objective: dict[str, Any] | None = None
+
+    @property
+    def trained_mode(self) -> str | None:
+        return None if self.objective is None else str(self.objective["mode"])
+
+    def decode_mode(self, cfg: SamplerConfig | None = None) -> str:
+        """The decoder `cfg` selects for this checkpoint (ttt | ar | nar)."""
+        return resolve_decode((cfg or SamplerConfig()).decode, self.trained_mode)
 
     @classmethod
     def load(cls, checkpoint: str | Path, codec: AudioCodec, text_tokenizer: str = BUNDLED,
@@ -111,10 +125,10 @@ class SpeechLM:
                                                           f"{codec.identity.name} and tokenizer {text_tokenizer})")
         # checked above with a message naming codec and tokenizer; the sampler's masks need sdpa
         model, manifest = load_checkpoint(ckpt, None, attn_implementation="sdpa", dtype=dtype)
-        return cls(model.to(device).eval(), vocab, codec, manifest)
+        return cls(model.to(device).eval(), vocab, codec, manifest, load_objective(ckpt))
 
     def sampler(self, cfg: SamplerConfig | None = None, logits_processor: LogitsProcessor | None = None) -> TtTSampler:
-        return TtTSampler(self.model, self.vocab, cfg, logits_processor)
+        return TtTSampler(self.model, self.vocab, cfg, logits_processor, trained_mode=self.trained_mode)
 
 
 def read_audio(source: AudioInput) -> tuple[np.ndarray, int]:

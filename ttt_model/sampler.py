@@ -1,4 +1,11 @@
-"""TtT decoding: autoregressive text, block-wise masked diffusion for audio spans (paper Algorithm 1).
+"""Decoding for the three training objectives of Table 1 (`SamplerConfig.decode`: ttt | ar | nar | auto).
+
+Each checkpoint must be decoded the way it was trained (ttt_model/objective.py `mode`); `auto` takes the mode the
+checkpoint records (ttt_model/checkpoint.py `objective.json`), TtT when it records none. The mask a decoder
+attends with is the training mask by construction: `prompt_block_ids` runs the objective's own `plan_targets`
+over the prompt's chat structure (`chat_spans`), and every chunk below extends it exactly as training would
+see the finished sequence. The TtT decoder (paper Algorithm 1) is described first; `ArDecodeRun` and
+`NarDecodeRun` (the baselines) say how they differ.
 
 Conventions are the training ones (ttt_model/objective.py, tokenization/sequence.py): the logits at position
 i predict token i + 1, for text and masked audio alike; an audio span [opener, codes..., closer] is one
@@ -41,14 +48,16 @@ import numpy as np
 import torch
 from transformers import Qwen2ForCausalLM
 
-from tokenization.sequence import spans_from_ids
-from tokenization.vocab import EOA, EOA_FINAL, SOA, SOA_FINAL, UnifiedVocab
+from tokenization.sequence import Span, spans_from_ids
+from tokenization.vocab import EOA, EOA_FINAL, IM_END, IM_START, SOA, SOA_FINAL, UnifiedVocab
 from ttt_model.attention import sdpa_mask
 from ttt_model.kvcache import CachedBackend, Chunk
 from ttt_model.model import attention_backend
+from ttt_model.objective import MODES, plan_targets
 from ttt_model.sampling import SamplingParams, choose, commit_schedule, select_commits
 
 BACKENDS = ("cache", "recompute")
+DECODE_MODES = ("auto", *MODES)
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,7 @@ class SamplerConfig:
     640-token span at block length 32 is 10 per block). `max_span`: most codes in one span (640 in the
     paper). `max_new_tokens`: generated tokens per row, everything counted (text, markers, codes).
     `threshold`: None = the fixed schedule; a probability = commit every position at least this confident.
+    `decode`: which decoder (ttt | ar | nar, see the module docstring); `auto` = the checkpoint's training mode.
     """
 
     block_length: int = 32
@@ -70,6 +80,7 @@ class SamplerConfig:
     audio: SamplingParams = field(default_factory=SamplingParams)
     seed: int = 0
     backend: str = "cache"
+    decode: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("block_length", "steps_per_block", "max_span", "max_new_tokens"):
@@ -79,6 +90,8 @@ class SamplerConfig:
             raise ValueError(f"sampler threshold must be in (0, 1] or null, got {self.threshold}")
         if self.backend not in BACKENDS:
             raise ValueError(f"sampler backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.decode not in DECODE_MODES:
+            raise ValueError(f"sampler decode must be one of {DECODE_MODES}, got {self.decode!r}")
 
     @classmethod
     def from_mapping(cls, cfg: Any) -> SamplerConfig:
@@ -116,7 +129,8 @@ class AudioBlock:
 
 @dataclass(frozen=True)
 class SpanEnd:
-    """Span `span` of row `row` is complete: `n_codes` codes, closed by the model or `forced` at max_span."""
+    """Span `span` of row `row` is complete: `n_codes` codes. `forced`: the model did not close it (ttt / ar:
+    the closer was forced at max_span or by the token budget; nar: the response ended before a closer)."""
 
     row: int
     span: int
@@ -141,10 +155,10 @@ class LogitsContext:
     """What a logits processor knows about the choice it is asked to shape."""
 
     row: int
-    mode: str  # "text" | "audio"
-    generated: Sequence[int]  # ids generated so far by this row (the open span not included)
+    mode: str  # "text" | "audio" | "response" (nar: any token of the response block)
+    generated: Sequence[int]  # ids generated so far by this row (the open span / response block not included)
     column_ids: torch.Tensor  # vocabulary id of each logits column
-    targets: np.ndarray | None = None  # audio: span index of the token each logits row predicts
+    targets: np.ndarray | None = None  # audio / response: span (response) index of the token each row predicts
 
 
 LogitsProcessor = Callable[[LogitsContext, torch.Tensor], torch.Tensor]
@@ -266,6 +280,23 @@ class _Span:
 
 
 @dataclass
+class _Response:
+    """nar: the response block. `head` = the prompt's tokens inside the block (its last token, or the prompt
+    audio span it closes); `ids` = response tokens, committed or [M]; `parsed` = how many went out as events."""
+
+    head: list[int]
+    ids: list[int] = field(default_factory=list)
+    block_start: int = 0
+    step: int = 0
+    schedule: list[int] = field(default_factory=list)
+    parsed: int = 0
+    closer: int | None = None  # closer of the span open at `parsed`
+    opener: int | None = None
+    codes: list[int] = field(default_factory=list)  # codes of that span so far
+    emitted: int = 0  # how many of them went out as AudioBlocks
+
+
+@dataclass
 class _Row:
     index: int
     prompt: list[int]
@@ -279,6 +310,7 @@ class _Row:
     span: _Span | None = None
     spans: list[np.ndarray] = field(default_factory=list)
     finish_reason: str | None = None
+    response: _Response | None = None  # nar only
 
 
 # ---- the sampler ----------------------------------------------------------------------------------
@@ -292,13 +324,15 @@ class TtTSampler:
     """
 
     def __init__(self, model: Qwen2ForCausalLM, vocab: UnifiedVocab, cfg: SamplerConfig | None = None,
-                 logits_processor: LogitsProcessor | None = None, max_length: int | None = None) -> None:
+                 logits_processor: LogitsProcessor | None = None, max_length: int | None = None,
+                 trained_mode: str | None = None) -> None:
         if attention_backend(model) != "sdpa":
             raise ValueError("the sampler needs attn_implementation='sdpa' (its masks are bool tensors); load the "
                              "model with attn_implementation='sdpa'")
         self.model = model.eval()
         self.vocab = vocab
         self.cfg = cfg or SamplerConfig()
+        self.decode = resolve_decode(self.cfg.decode, trained_mode)
         self.logits_processor = logits_processor
         self.max_length = int(max_length or model.config.max_position_embeddings)
         self.head = model.get_output_embeddings().weight
@@ -308,6 +342,11 @@ class TtTSampler:
         allowed[: vocab.text_vocab_size] = True
         allowed[list(vocab.opener_ids())] = True
         self._text_allowed = allowed.to(self.device)
+        # nar: every token a target of training can hold (text, openers, assistant closers, codes)
+        response = allowed.clone()
+        response[[vocab.id(EOA), vocab.id(EOA_FINAL)]] = True
+        response[vocab.audio_offset : vocab.audio_offset + vocab.codebook_size] = True
+        self._response_allowed = response.to(self.device)
         self._text_columns = torch.arange(n_rows, device=self.device)
         self._audio_columns = {
             closer: torch.cat([torch.arange(vocab.audio_offset, vocab.audio_offset + vocab.codebook_size),
@@ -318,7 +357,8 @@ class TtTSampler:
         self.stop_ids = frozenset((vocab.eos_id, vocab.pad_id))
 
     def start(self, prompts: Sequence[Sequence[int]]) -> DecodeRun:
-        return DecodeRun(self, [self._check_prompt(p) for p in prompts])
+        runs = {"ttt": DecodeRun, "ar": ArDecodeRun, "nar": NarDecodeRun}
+        return runs[self.decode](self, [self._check_prompt(p) for p in prompts])
 
     def generate(self, prompts: Sequence[Sequence[int]]) -> list[Generation]:
         run = self.start(prompts)
@@ -362,6 +402,18 @@ class TtTSampler:
         picked, confidence = choose(logits, self.cfg.audio, generator)
         return columns[picked], confidence
 
+    def propose_response(self, row: int, generated: Sequence[int], hidden: torch.Tensor, targets: np.ndarray,
+                         generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """nar: candidates for the masked response positions `targets` from the states before them: (vocabulary
+        ids [m], confidences [m]) over every token training could target. A position is not known to be text or
+        audio before its token is chosen, so one set of sampling params applies: the text ones."""
+        logits = torch.nn.functional.linear(hidden, self.head).float()
+        if self.logits_processor is not None:
+            logits = self.logits_processor(LogitsContext(row, "response", generated, self._text_columns, targets),
+                                           logits)
+        logits = logits.masked_fill(~self._response_allowed, float("-inf"))
+        return choose(logits, self.cfg.text, generator)
+
 
 class DecodeRun:
     """One decoding run over a batch of prompts: iterate it for events; `results()` and `stats` after."""
@@ -375,7 +427,7 @@ class DecodeRun:
         self.backend = (CachedBackend(model, len(prompts), sampler.vocab.pad_id) if cfg.backend == "cache"
                         else RecomputeBackend(model, len(prompts)))
         self.rows = [
-            _Row(index=i, prompt=p, prompt_blocks=prompt_block_ids(sampler.vocab, p),
+            _Row(index=i, prompt=p, prompt_blocks=prompt_block_ids(sampler.vocab, p, sampler.decode),
                  budget=min(cfg.max_new_tokens, sampler.max_length - len(p)), detok=_Detokenizer(sampler.vocab),
                  generator=torch.Generator(device=device).manual_seed(cfg.seed + i))
             for i, p in enumerate(prompts)
@@ -535,21 +587,274 @@ class DecodeRun:
             yield from self._finish(row, "length")
 
 
-def prompt_block_ids(vocab: UnifiedVocab, ids: Sequence[int]) -> np.ndarray:
-    """Block ids of a prompt (one block per audio span, -1 for text), as the training mask defines them.
+class ArDecodeRun(DecodeRun):
+    """The AR baseline's decoder (objective mode `ar`): every token autoregressive, causal attention everywhere.
+
+    Training (plan_targets, mode `ar`) has no bidirectional block at all, prompt audio spans included, and every
+    target token (text, openers, codes, closers, <|im_end|>) is predicted by the position before it. So after
+    an opener the codes are sampled one per forward pass through the KV cache (`audio` sampling params),
+    restricted to audio codes + the opener's closer (the same restriction as TtT's spans); at `max_span` codes
+    (or when the token budget leaves room for the closer only) the closer is forced. The closer is then fed
+    like any token and its state predicts the next text token. For streaming, an `AudioBlock` goes out every
+    `block_length` codes (and with the rest at the closer), so the codec's streaming decoder works unchanged.
+    """
+
+    def _chunk(self, row: _Row) -> Chunk:
+        span = row.span
+        if not row.prefilled or span is None:
+            return super()._chunk(row)
+        return Chunk(row.index, [span.ids[-1]], np.full(1, -1), commit=True, last_only=True)
+
+    def _after_last(self, row: _Row, hidden: torch.Tensor) -> Iterator[Event]:
+        if row.span is None:
+            yield from super()._after_last(row, hidden)
+            return
+        span, s = row.span, self.sampler
+        targets = np.array([len(span.ids)])
+        tokens, _ = s.propose_audio(row.index, row.generated, hidden[None], targets, span.closer, row.generator)
+        span.ids.append(int(tokens[0]))
+        if span.ids[-1] == span.closer:
+            yield from self._close(row)
+            return
+        if (len(span.ids) - 1) % s.cfg.block_length == 0:
+            yield from self._emit(row, len(span.ids))
+        yield from self._maybe_forced_close(row)
+
+    def _open_span(self, row: _Row, opener: int) -> None:
+        limit = min(self.sampler.cfg.max_span, row.budget - 1)  # leave room for the closer
+        row.spans.append(np.zeros(0, dtype=np.int64))
+        row.span = _Span(index=len(row.spans) - 1, opener=opener, closer=self.sampler.closer_for[opener], limit=limit,
+                         ids=[opener])
+
+    def _maybe_forced_close(self, row: _Row) -> Iterator[Event]:
+        span = row.span
+        assert span is not None
+        if len(span.ids) - 1 >= span.limit:
+            span.ids.append(span.closer)
+            span.forced = True
+            yield from self._close(row)
+
+    def _close(self, row: _Row) -> Iterator[Event]:
+        """As TtT's, but the closer is not yet in the cache: it is fed next as a causal token."""
+        span = row.span
+        assert span is not None
+        yield from super()._close(row)
+        row.span, row.next_token = None, span.closer
+
+
+class NarDecodeRun(DecodeRun):
+    """The NAR baseline's decoder (objective mode `nar`): the whole response is masked diffusion in one block.
+
+    Training (plan_targets, mode `nar`): an assistant turn's content + <|im_end|> is one target run; the run and
+    the position just before it (the "\n" of the assistant header) form one bidirectional block; every target
+    token of the run, text and audio alike, is masked with probability p and predicted by the position before
+    it; prompt audio spans and earlier assistant turns are blocks of their own. The faithful decoder is
+    therefore: cache the prompt up to the response's block (causal / prompt blocks, as `prompt_block_ids`),
+    then grow the block [prompt's last token, response...] by `block_length` masks at a time (semi-
+    autoregressive growth, as LLaDA's block decoding); every diffusion step runs the WHOLE block bidirectionally
+    (committed response tokens and masks, nothing committed to the cache) and commits the most confident masks
+    of the newest block (`steps_per_block` schedule or `threshold`), over every token a training target can be
+    (text ids, openers, the two assistant closers, codes; `text` sampling params). Once <|im_end|> (or
+    <|endoftext|>) is committed with no mask before it the response ends there; a block filled without one
+    appends the next block, up to the token budget ("length").
+
+    Where it cannot be faithful, and why:
+    - Length: training always sees the block end exactly at <|im_end|>, so the block's extent tells the model the
+      answer's length; at inference the length is unknown and the block's end is only where the current masks
+      stop. (LLaDA trains with <|endoftext|> padding to make a fixed canvas meaningful; this objective does not,
+      so no canvas size matches training. Growing block by block keeps the end close to the committed text.)
+    - Structure: tokens are chosen in parallel, so nothing can force span structure. `max_span` does not apply
+      (no closer can be forced into a position another step may already have filled). Events are read off the
+      committed tokens in order, one block at a time (the tokens of a finished block never change): text ids
+      become `TextDelta`s, an opener opens a span, codes inside it go out as `AudioBlock`s, its closer (or any
+      other non-code token, which then counts as usual) ends it (`SpanEnd`; `forced` when not closed by its own
+      closer), and codes or closers outside a span are kept in `ids` but are neither text nor speech.
+    """
+
+    def __init__(self, sampler: TtTSampler, prompts: list[list[int]]) -> None:
+        super().__init__(sampler, prompts)
+        for row in self.rows:
+            blocks = row.prompt_blocks
+            cut = int(np.flatnonzero(blocks == blocks[-1])[0])  # the response block starts here
+            row.prompt, row.response = row.prompt[:cut], _Response(head=row.prompt[cut:])
+            row.prefilled = cut == 0
+            self._append_block(row)
+
+    def _chunk(self, row: _Row) -> Chunk:
+        if not row.prefilled:
+            row.prefilled = True
+            return Chunk(row.index, row.prompt, row.prompt_blocks[: len(row.prompt)], commit=True, last_only=True)
+        resp = row.response
+        assert resp is not None
+        return Chunk(row.index, resp.head + resp.ids, np.zeros(len(resp.head) + len(resp.ids), dtype=np.int64),
+                     commit=False, last_only=False)
+
+    def _after_last(self, row: _Row, hidden: torch.Tensor) -> Iterator[Event]:
+        """The prompt prefix is in the cache; nothing is predicted from it (the response block predicts itself)."""
+        return iter(())
+
+    def _append_block(self, row: _Row) -> None:
+        resp, cfg = row.response, self.sampler.cfg
+        assert resp is not None
+        n = min(cfg.block_length, row.budget - len(resp.ids))
+        resp.block_start = len(resp.ids)
+        resp.ids += [self.sampler.vocab.mask_id] * n
+        resp.step = 0
+        resp.schedule = commit_schedule(n, cfg.steps_per_block)
+
+    def _first_stop(self, ids: list[int]) -> int | None:
+        return next((j for j, t in enumerate(ids) if t in self.sampler.stop_ids), None)
+
+    def _after_step(self, row: _Row, hidden: torch.Tensor) -> Iterator[Event]:
+        """One diffusion step: `hidden` [len(head) + len(ids), H] holds every state of the response block."""
+        s, resp = self.sampler, row.response
+        assert resp is not None
+        mask_id, ids = s.vocab.mask_id, resp.ids
+        stop = self._first_stop(ids)
+        end = len(ids) if stop is None else stop
+        targets = np.array([j for j in range(resp.block_start, end) if ids[j] == mask_id])
+        # response token j sits at block position len(head) + j and is predicted by the position before it
+        states = hidden[torch.as_tensor(len(resp.head) + targets - 1, device=hidden.device)]
+        tokens, conf = s.propose_response(row.index, row.generated, states, targets, row.generator)
+        k = resp.schedule[min(resp.step, len(resp.schedule) - 1)]
+        picked = tokens.tolist()
+        for i in select_commits(conf, k, s.cfg.threshold).tolist():
+            ids[int(targets[i])] = picked[i]
+        resp.step += 1
+        self.stats.diffusion_steps += 1
+        stop = self._first_stop(ids)
+        if stop is not None and mask_id not in ids[resp.block_start : stop]:
+            del ids[stop + 1 :]
+            yield from self._parse(row, stop)
+            row.generated = list(ids)
+            yield from self._end_span(row, forced=True)
+            yield from self._finish(row, "eos")
+        elif mask_id not in ids[resp.block_start :]:
+            yield from self._parse(row, len(ids))
+            row.generated = list(ids)
+            if len(ids) >= row.budget:
+                yield from self._end_span(row, forced=True)
+                yield from self._finish(row, "length")
+            else:
+                self._append_block(row)
+
+    def _parse(self, row: _Row, end: int) -> Iterator[Event]:
+        """Events for the committed response tokens [parsed, end) (see the class docstring)."""
+        s, resp = self.sampler, row.response
+        assert resp is not None
+        v = s.vocab
+        for token in resp.ids[resp.parsed : end]:
+            if resp.closer is not None:
+                if v.audio_offset <= token < v.audio_offset + v.codebook_size:
+                    resp.codes.append(token - v.audio_offset)
+                    continue
+                closed = token == resp.closer
+                yield from self._end_span(row, forced=not closed)
+                if closed:
+                    continue
+            if token in s.closer_for:
+                row.spans.append(np.zeros(0, dtype=np.int64))
+                resp.opener, resp.closer, resp.codes, resp.emitted = token, s.closer_for[token], [], 0
+            elif token < v.text_vocab_size:
+                self.stats.text_tokens += 1
+                delta = row.detok.push(token)
+                if delta:
+                    yield TextDelta(row.index, delta)
+        resp.parsed = end
+        yield from self._emit_codes(row)
+
+    def _emit_codes(self, row: _Row) -> Iterator[Event]:
+        resp = row.response
+        assert resp is not None
+        if resp.closer is not None and len(resp.codes) > resp.emitted:
+            yield AudioBlock(row.index, len(row.spans) - 1, np.asarray(resp.codes[resp.emitted :], dtype=np.int64))
+            resp.emitted = len(resp.codes)
+
+    def _end_span(self, row: _Row, forced: bool) -> Iterator[Event]:
+        resp = row.response
+        assert resp is not None
+        if resp.closer is None:
+            return
+        yield from self._emit_codes(row)
+        index = len(row.spans) - 1
+        row.spans[index] = np.asarray(resp.codes, dtype=np.int64)
+        self.stats.spans += 1
+        self.stats.audio_tokens += len(resp.codes)
+        yield SpanEnd(row.index, index, resp.opener == self.sampler.vocab.id(SOA_FINAL), len(resp.codes), forced)
+        resp.closer = resp.opener = None
+        resp.codes = []
+
+
+def resolve_decode(decode: str, trained_mode: str | None) -> str:
+    """The decoder to run: `decode` itself, or for `auto` the checkpoint's training mode (TtT when unrecorded)."""
+    if decode not in DECODE_MODES:
+        raise ValueError(f"sampler decode must be one of {DECODE_MODES}, got {decode!r}")
+    if decode != "auto":
+        return decode
+    if trained_mode is not None and trained_mode not in MODES:
+        raise ValueError(f"the checkpoint records objective mode {trained_mode!r}; known modes are {MODES}")
+    return trained_mode or "ttt"
+
+
+def chat_spans(vocab: UnifiedVocab, ids: Sequence[int]) -> list[Span]:
+    """The span table `build_chat` would give `ids`, recovered from the ids (roles, targets and turns included).
+
+    A turn starts at <|im_start|> followed by a known role header ("system\n", "user\n", "assistant\n"); an
+    assistant turn's content and its <|im_end|> are targets, headers and everything else are not (an unknown
+    header or tokens outside any turn count as prompt). An assistant turn left open at the end of `ids` (the
+    generation prompt, or a prefilled answer) is a target up to the end.
+    """
+    arr = np.asarray(ids, dtype=np.int64)
+    n = len(arr)
+    target = np.zeros(n, dtype=bool)
+    turn = np.zeros(n, dtype=np.int64)
+    role = np.full(n, "user", dtype=object)
+    im_start, im_end = vocab.id(IM_START), vocab.id(IM_END)
+    headers = {r: [im_start, *vocab.encode_text(f"{r}\n")] for r in ("system", "user", "assistant")}
+    i, t, content_target = 0, 0, False
+    while i < n:
+        if arr[i] == im_start:
+            t += int(i > 0)
+            name = next((r for r, h in headers.items() if arr[i : i + len(h)].tolist() == h), "user")
+            width = len(headers[name]) if arr[i : i + len(headers[name])].tolist() == headers[name] else 1
+            turn[i : i + width], role[i : i + width] = t, name
+            i += width
+            content_target = name == "assistant"
+            continue
+        turn[i], role[i], target[i] = t, role[i - 1] if i else "user", content_target
+        content_target = content_target and arr[i] != im_end
+        i += 1
+    spans: list[Span] = []
+    for span in spans_from_ids(vocab, arr):
+        if span.kind == "audio":
+            spans.append(Span("audio", span.start, span.end, str(role[span.start]), bool(target[span.start]),
+                              span.is_final_in_turn, int(turn[span.start])))
+            continue
+        start = span.start
+        for j in range(span.start + 1, span.end + 1):
+            if j == span.end or (target[j], turn[j], role[j]) != (target[start], turn[start], role[start]):
+                spans.append(Span("text", start, j, str(role[start]), bool(target[start]), False, int(turn[start])))
+                start = j
+    return spans
+
+
+def prompt_block_ids(vocab: UnifiedVocab, ids: Sequence[int], mode: str = "ttt") -> np.ndarray:
+    """Block ids of a prompt (-1 = causal token) as the training mask of objective `mode` defines them:
+    `plan_targets` over the prompt's chat span table. ttt: one block per audio span; ar: none; nar: prompt audio
+    spans and earlier assistant turns (each with the position before it), and the prompt's last token (with
+    the block it sits in) carries the block the response will join, since the response is a target run and
+    the position before a run belongs to its block.
 
     A prompt must end outside any audio span: decoding starts with a text token, and an open span's
     block would have to include tokens not yet generated.
     """
     arr = np.asarray(ids, dtype=np.int64)
-    blocks = np.full(len(arr), -1, dtype=np.int64)
     closers = set(vocab.closer_ids())
-    n = 0
-    for span in spans_from_ids(vocab, arr):
-        if span.kind != "audio":
-            continue
-        if span.end == len(arr) and int(arr[-1]) not in closers:
-            raise ValueError("the prompt ends inside an open audio span; close it (or drop it) before generating")
-        blocks[span.start : span.end] = n
-        n += 1
+    spans = chat_spans(vocab, arr)
+    last = spans[-1] if spans else None
+    if last is not None and last.kind == "audio" and int(arr[-1]) not in closers:
+        raise ValueError("the prompt ends inside an open audio span; close it (or drop it) before generating")
+    blocks = plan_targets(spans, len(arr), mode).block_ids.astype(np.int64)
+    if mode == "nar" and len(arr) and blocks[-1] < 0:
+        blocks[-1] = blocks.max() + 1
     return blocks

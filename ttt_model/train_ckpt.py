@@ -4,7 +4,9 @@ Layout (each rank stages its part in a local directory; Ray Train merges the ran
 checkpoint under `storage_path` when they all report it):
 
     model/              rank 0, `ttt_model.checkpoint.save_checkpoint`: config.json + model.safetensors +
-                        vocab_manifest.json (HF-loadable) and, as its `extra`, the loop state + scheduler
+                        vocab_manifest.json (HF-loadable), objective.json (the training objective, so the
+                        checkpoint is decoded the way it was trained) and, as its `extra`, the loop state +
+                        scheduler
     optimizer/          torch.distributed.checkpoint (DCP): `.metadata` from rank 0, one shard file per rank
     rng/rank_<r>.pt     every rank's torch / numpy / python RNG states
 
@@ -112,9 +114,11 @@ def export_model(config: Any, state_dict: Mapping[str, torch.Tensor]) -> Qwen2Fo
 
 def save_train_checkpoint(out_dir: str | Path, *, module: torch.nn.Module, lm_prefix: str, lm_config: Any,
                           optimizer: torch.optim.Optimizer, scheduler: Any, state: TrainState,
-                          vocab_manifest: Mapping[str, Any], rank: int) -> Path:
+                          vocab_manifest: Mapping[str, Any], rank: int,
+                          objective: Mapping[str, Any] | None = None) -> Path:
     """Stage this rank's part of a training checkpoint in `out_dir` (a local directory). Collective: every
-    rank calls it with its own `out_dir`; Ray merges them."""
+    rank calls it with its own `out_dir`; Ray merges them. `objective`: the run's objective config (the
+    `objective` group, `mode` included), recorded beside the model; None leaves it unrecorded."""
     out = Path(out_dir)
     (out / RNG_DIR).mkdir(parents=True, exist_ok=True)
     weights = full_model_state(module, lm_prefix)
@@ -123,7 +127,8 @@ def save_train_checkpoint(out_dir: str | Path, *, module: torch.nn.Module, lm_pr
     torch.save(rng_state(), out / RNG_DIR / f"rank_{rank}.pt")
     if rank == 0:
         extra = {"train_state": asdict(state), "scheduler": scheduler.state_dict()}
-        save_checkpoint(export_model(lm_config, weights), vocab_manifest, out / MODEL_DIR, extra=extra)
+        save_checkpoint(export_model(lm_config, weights), vocab_manifest, out / MODEL_DIR, extra=extra,
+                        objective=objective)
     return out
 
 

@@ -15,15 +15,19 @@ An optimizer step, on every rank:
 3. per micro-batch: forward, `loss.combine`, backward of loss × world size (FSDP averages gradients over
    ranks; the product makes the accumulated gradient that of the global loss);
 4. clip the global gradient norm, AdamW step, scheduler step. A non-finite norm skips the update (logged).
-Then one all-reduce of the step's statistics, the metric sinks on rank 0, and every
+Then one all-reduce of the step's statistics, the metric sinks and progress line on rank 0, and every
 `logging.report_every_steps` / `checkpoint.every_steps` a `ray.train.report` (a barrier on all ranks) that
 carries the checkpoint when one is due. The run ends with a checkpoint.
+
+Messages go through `logging` rather than `print`, which Ray Train's print patch would echo twice to the
+driver (ttt_model.metrics explains how).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -45,7 +49,7 @@ from ttt_model.metrics import (
     MetricSinks,
     MlflowSink,
     StepTimer,
-    format_progress,
+    log_progress,
     mfu,
     peak_flops,
     rewind_jsonl,
@@ -64,6 +68,8 @@ from ttt_model.train_ckpt import (
 from ttt_model.train_config import ParallelSettings
 from ttt_model.train_data import Prefetcher, StepRows, rank_stream, training_vocab
 from ttt_model.train_plan import RunPlan
+
+logger = logging.getLogger(__name__)
 
 LM_ATTR = "lm"
 SAMPLE_TRACE_DIR = "samples"
@@ -148,8 +154,9 @@ class TrainWorker:
                                    f"has {self.world}: the data split would differ, resume with the same count")
             model_cfg.update(init="pretrained", path=str(ckpt_dir / MODEL_DIR))
             if self.state.total_steps != self.plan.total_steps and self.rank == 0:
-                print(f"resuming at step {self.state.step}: the run's length changed from {self.state.total_steps} "
-                      f"to {self.plan.total_steps} steps, so the lr schedule continues on the new horizon", flush=True)
+                logger.warning("resuming at step %d: the run's length changed from %d to %d steps, so the lr "
+                               "schedule continues on the new horizon", self.state.step, self.state.total_steps,
+                               self.plan.total_steps)
             self.state.total_steps = self.plan.total_steps
         else:
             self.state = TrainState(rows_in_epoch=[0] * self.world, world_size=self.world,
@@ -234,8 +241,8 @@ class TrainWorker:
                 prepared = steps.next()
                 if not self._all_ranks(prepared is not None):
                     if self.rank == 0:
-                        print(f"epoch {state.epoch}: a rank ran out of data after {state.step_in_epoch} of "
-                              f"{plan.steps_per_epoch} steps; starting the next epoch", flush=True)
+                        logger.warning("epoch %d: a rank ran out of data after %d of %d steps; starting the next "
+                                       "epoch", state.epoch, state.step_in_epoch, plan.steps_per_epoch)
                     return
                 self._inject_fault()
                 self._train_step(prepared, time.perf_counter() - wait_start)
@@ -252,7 +259,7 @@ class TrainWorker:
             return
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()
-        print(f"rank {self.rank}: fault injection, exiting the worker process before step {fi.step}", flush=True)
+        logger.warning("rank %d: fault injection, exiting the worker process before step %d", self.rank, fi.step)
         os._exit(1)
 
     def _train_step(self, prepared: PreparedStep, wait_s: float) -> None:
@@ -299,8 +306,7 @@ class TrainWorker:
             metrics[f"time/{phase}"] = timer.seconds[phase]
         if self.sinks is not None and (state.step % self.s.logging.every_steps == 0 or due_ckpt):
             self.sinks.write(state.step, metrics)
-            print(format_progress(state.step, self.plan.total_steps, state.epoch, metrics, self._eta(step_s)),
-                  flush=True)
+            log_progress(state.step, self.plan.total_steps, state.epoch, metrics, self._eta(step_s))
 
     def _clip(self) -> torch.Tensor:
         """Global gradient norm (all shards, all ranks), clipped to grad_clip when > 0."""
@@ -371,7 +377,8 @@ class TrainWorker:
         with TemporaryDirectory(prefix="ttt-ckpt-") as tmp:
             save_train_checkpoint(tmp, module=self.module, lm_prefix=f"{LM_ATTR}.", lm_config=self.lm_config,
                                   optimizer=self.optimizer, scheduler=self.scheduler, state=self.state,
-                                  vocab_manifest=self.plan.vocab_manifest, rank=self.rank)
+                                  vocab_manifest=self.plan.vocab_manifest, rank=self.rank,
+                                  objective=self.plan.objective)
             ray.train.report(payload, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint_{self.state.step:08d}")
         self._last_checkpointed = True
@@ -409,6 +416,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
 
     plan: RunPlan = config["plan"]
+    # A no-op when Ray Train has configured this worker's root logger (the default); with its worker logging
+    # disabled (RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING=0) this keeps the progress lines on stderr.
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if plan.settings.scaling.threads_per_worker > 0:

@@ -8,8 +8,10 @@ total, audio tokens/s.
         --out-wav answer.wav --steps 5 --temperature 0.7 --top-p 0.9
 
 Sampler settings start from workflows/conf/sampler/default.yaml (or --sampler-config) and the flags
-override them. Bad input (missing or unreadable audio, empty or over-long prompt, a directory that is not a
-TtT checkpoint, a codec that does not match the checkpoint) ends with a message and exit status 2.
+override them. The decoder follows the checkpoint's training objective unless --decode names one (ttt: AR text
++ diffusion spans; ar / nar: the Table-1 baselines' decoders). Bad input (missing or unreadable audio, empty or
+over-long prompt, a directory that is not a TtT checkpoint, a codec that does not match the checkpoint) ends with
+a message and exit status 2.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--max-span", type=int, help="most codes per audio span")
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--threshold", type=float, help="commit every position at least this confident")
+    p.add_argument("--decode", choices=("auto", "ttt", "ar", "nar"),
+                   help="decoder (default auto: the checkpoint's recorded training objective, TtT when none)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--greedy", action="store_true", help="argmax for text and audio")
     mode.add_argument("--temperature", type=float, help="sampling temperature for text and audio")
@@ -61,7 +65,8 @@ def sampler_settings(args: argparse.Namespace) -> dict[str, Any]:
 
     cfg = yaml.safe_load(Path(args.sampler_config).read_text()) or {}
     flat = {"steps_per_block": args.steps, "block_length": args.block_length, "max_span": args.max_span,
-            "max_new_tokens": args.max_new_tokens, "threshold": args.threshold, "seed": args.seed}
+            "max_new_tokens": args.max_new_tokens, "threshold": args.threshold, "seed": args.seed,
+            "decode": args.decode}
     cfg.update({k: v for k, v in flat.items() if v is not None})
     sampling = {"temperature": 0.0 if args.greedy else args.temperature, "top_k": args.top_k, "top_p": args.top_p}
     for mode in ("text", "audio"):

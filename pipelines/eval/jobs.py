@@ -17,6 +17,12 @@ input text. Items with broken inputs are counted and left out.
 
 A run whose results.json carries the same fingerprint (checkpoint files, sampler, tasks, ASR models, judge)
 is not evaluated again unless `force` is set, so a grid can be extended or resumed run by run.
+
+Each run is decoded the way its checkpoint was trained: a sampler `decode: auto` is resolved on the driver to
+the objective mode the checkpoint records (objective.json), or, for checkpoints without a record, to the mode
+the grid's `system` names (ar_baseline -> ar, nar_baseline -> nar, anything else -> ttt). The resolved mode is
+part of the run's sampler (so of its fingerprint and of the table rows) and is written as `decode` in
+results.json.
 """
 
 from __future__ import annotations
@@ -40,11 +46,14 @@ import pyarrow.parquet as pq
 from pipelines.eval.items import GENERATION_ERROR, INPUT_ERROR, TASKS, load_items
 from pipelines.eval.judges import Judgment, aggregate, build_judge
 from pipelines.eval.metrics import error_rate
-from pipelines.eval.table import build_table, system_label, table_markdown
+from pipelines.eval.table import OBJECTIVE_SYSTEMS, build_table, system_label, table_markdown
 from pipelines.ray_runtime import ensure_ray
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MANIFEST_FILE = "vocab_manifest.json"  # ttt_model.checkpoint.MANIFEST_FILE (not imported: keeps torch out)
+OBJECTIVE_FILE = "objective.json"  # ttt_model.checkpoint.OBJECTIVE_FILE (idem)
+SYSTEM_DECODE = {"ar_baseline": "ar", "nar_baseline": "nar"}  # objective names whose mode is not ttt
+DECODE_MODES = ("auto", "ttt", "ar", "nar")  # ttt_model.sampler.DECODE_MODES (idem)
 RESULTS_FILE, ITEMS_DIR, AUDIO_DIR = "results.json", "items", "audio"
 TABLE_JSON, TABLE_MD = "table.json", "table.md"
 
@@ -139,12 +148,34 @@ def build_grid(cfg: Mapping[str, Any]) -> list[RunSpec]:
         name = str(entry.get("name") or system)
         for overrides in samplers:
             merged = _deep_merge(base, dict(overrides or {}))
+            merged["decode"] = resolve_decode(merged, path, system)
             specs.append(RunSpec(f"{_slug(name)}__{sampler_slug(overrides or {})}", system, path, merged))
     ids = [s.run_id for s in specs]
     if len(set(ids)) != len(ids):
         raise EvalConfigError(f"eval grid has duplicate runs {sorted(i for i in ids if ids.count(i) > 1)}: give "
                               "checkpoints distinct `name`s")
     return specs
+
+
+def resolve_decode(sampler: Mapping[str, Any], checkpoint: Path, system: str) -> str:
+    """The decoder of one run: the sampler's explicit `decode`, else (`auto`, the default) the objective mode the
+    checkpoint records, else the mode of the objective the `system` name denotes (ttt for free labels)."""
+    decode = str(sampler.get("decode") or "auto")
+    if decode not in DECODE_MODES:
+        raise EvalConfigError(f"sampler decode must be one of {DECODE_MODES}, got {decode!r}")
+    if decode != "auto":
+        return decode
+    record = checkpoint / OBJECTIVE_FILE
+    if record.is_file():
+        mode = str(json.loads(record.read_text()).get("mode") or "")
+        if mode not in DECODE_MODES[1:]:
+            raise EvalConfigError(f"{record} records objective mode {mode!r}; known modes are {DECODE_MODES[1:]}")
+        named = SYSTEM_DECODE.get(system, "ttt")
+        if mode != named and system in OBJECTIVE_SYSTEMS:
+            print(f"evaluate: system {system!r} names a {named} objective but {checkpoint} was trained with mode "
+                  f"{mode!r}; decoding with {mode!r}")
+        return mode
+    return SYSTEM_DECODE.get(system, "ttt")
 
 
 def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -300,6 +331,7 @@ def evaluate_run(spec: RunSpec, cfg: Mapping[str, Any], items: pa.Table, codec_f
     table = run_pipeline(items, spec, eval_cfg, codec_factory, run_dir, text_tokenizer)
     results = {
         "run_id": spec.run_id, "system": spec.system, "checkpoint": str(spec.checkpoint), "sampler": spec.sampler,
+        "decode": spec.sampler["decode"],
         "fingerprint": fp, "judge": build_judge(dict(eval_cfg.get("judge") or {"kind": "rule"})).name,
         "asr_models": {k: (v or {}).get("model") for k, v in (eval_cfg.get("asr_models") or {}).items()},
         **summarize(table, int(eval_cfg.get("bootstrap", 0)), int(eval_cfg.get("seed", 0))),
@@ -352,4 +384,5 @@ def run_evaluation(cfg: Mapping[str, Any], codec_factory: Callable[[], Any] | No
 
 
 __all__ = ["EvalConfigError", "RunSpec", "StageResources", "build_grid", "evaluate_run", "fingerprint",
-           "load_eval_items", "resolve_checkpoint", "run_evaluation", "run_pipeline", "sampler_slug", "summarize"]
+           "load_eval_items", "resolve_checkpoint", "resolve_decode", "run_evaluation", "run_pipeline", "sampler_slug",
+           "summarize"]

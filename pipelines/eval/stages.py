@@ -1,6 +1,7 @@
 """The three Ray Data stages of an evaluation run, as callable classes for `map_batches` actor pools.
 
-    GenerateStage    the TtT model answers every item (text + speech); speech is written as a WAV file
+    GenerateStage    the model answers every item (text + speech) with the decoder of its training objective
+                     (sampler `decode`, recorded per item in column `decode`); speech is written as a WAV file
     TranscribeStage  the ASR model transcribes generated speech (Audio-QA answers, TTS outputs)
     JudgeStage       Audio-QA answers are judged twice: the speech transcript and the text answer
 
@@ -31,6 +32,7 @@ from pipelines.eval.judges import Judgment, QaItem, build_judge
 GENERATED_FIELDS = [
     ("answer_text", pa.string()), ("audio_path", pa.string()), ("audio_seconds", pa.float64()),
     ("n_audio_tokens", pa.int64()), ("finish_reason", pa.string()), ("gen_seconds", pa.float64()),
+    ("decode", pa.string()),
 ]
 TRANSCRIBED_FIELDS = [("speech_transcript", pa.string()), ("asr_model", pa.string()), ("asr_error", pa.string())]
 JUDGED_FIELDS = [
@@ -73,6 +75,7 @@ class GenerateStage:
             torch.set_num_threads(torch_threads)
         self.lm = SpeechLM.load(checkpoint, codec_factory(), text_tokenizer=text_tokenizer, device=device, dtype=dtype)
         self.sampler = SamplerConfig.from_mapping(sampler)
+        self.decode = self.lm.decode_mode(self.sampler)  # `auto` resolved against the checkpoint's record
         self.audio_dir = Path(audio_dir)
 
     def _conversation(self, row: Mapping[str, Any]) -> list[Any]:
@@ -122,6 +125,7 @@ class GenerateStage:
                 status[i], error[i] = INPUT_ERROR, f"input audio: {e.__class__.__name__}: {e}"
         answers, per_item_s = self._answer_all(conversations) if conversations else ([], 0.0)
         for i, ans in zip(todo, answers, strict=True):
+            out["decode"][i] = self.decode
             if isinstance(ans, Exception):
                 status[i], error[i] = GENERATION_ERROR, f"{ans.__class__.__name__}: {ans}"
                 continue

@@ -15,7 +15,7 @@ from tokenization.sequence import Part, Turn, build_chat, spans_to_pylist
 from tokenization.text import load_text_tokenizer
 from tokenization.vocab import UnifiedVocab, VocabMismatchError
 from ttt_model.batch import PackedBatch, TtTCollator
-from ttt_model.checkpoint import load_checkpoint, load_extra, save_checkpoint
+from ttt_model.checkpoint import load_checkpoint, load_extra, load_objective, save_checkpoint
 from ttt_model.model import build_model, forward_hidden, lm_head_weight
 from ttt_model.objective import ObjectiveConfig
 
@@ -103,6 +103,20 @@ def test_extra_state_round_trips(vocab: UnifiedVocab, model: Qwen2ForCausalLM, t
     back = load_extra(tmp_path / "ckpt")
     assert back is not None and back["step"] == 10 and back["data"] == {"epoch": 1}
     assert torch.equal(back["rng"], extra["rng"]) and back["optimizer"]["param_groups"][0]["lr"] == 1e-3
+
+
+def test_objective_record_round_trips_and_old_checkpoints_have_none(vocab: UnifiedVocab, model: Qwen2ForCausalLM,
+                                                                    tmp_path: Path) -> None:
+    """The training objective travels with the model (so `decode: auto` finds it); without one: no record."""
+    objective = {"mode": "nar", "eps": 0.001, "banom": False, "trunc_keep": [0.3, 0.9]}
+    save_checkpoint(model, vocab.manifest(), tmp_path / "nar", objective=objective)
+    assert load_objective(tmp_path / "nar") == objective
+    assert (tmp_path / "nar" / ckpt.OBJECTIVE_FILE).is_file()
+    save_checkpoint(model, vocab.manifest(), tmp_path / "old")
+    assert load_objective(tmp_path / "old") is None
+    with pytest.raises(ValueError, match="mode"):
+        save_checkpoint(model, vocab.manifest(), tmp_path / "bad", objective={"eps": 0.001})
+    assert not (tmp_path / "bad").exists()
 
 
 def test_overwrite_is_atomic_and_a_failed_save_keeps_the_old_checkpoint(

@@ -205,3 +205,25 @@ def test_checkpoint_must_have_a_manifest_matching_the_codec(setup: tuple[Path, s
 def test_vocab_rebuilt_from_manifest_layout(lm: SpeechLM) -> None:
     assert isinstance(lm.vocab, UnifiedVocab) and lm.vocab.manifest()["special_tokens"] == lm.manifest["special_tokens"]
     assert lm.model.config._attn_implementation == "sdpa"
+
+
+def test_decoder_follows_the_recorded_objective(setup: tuple[Path, str], lm: SpeechLM, tmp_path: Path) -> None:
+    """A checkpoint recording objective mode `ar` is decoded autoregressively under `decode: auto`: the scripted
+    span comes out code by code (the same codes: each one is predicted from the token before it), still
+    streamed in blocks of block_length; `decode: ttt` overrides the record, and no record means TtT."""
+    tokenizer = setup[1]
+    ar_ckpt = save_checkpoint(lm.model, lm.manifest, tmp_path / "ar", objective={"mode": "ar"})
+    ar_lm = SpeechLM.load(ar_ckpt, ToneCodec(), text_tokenizer=tokenizer)
+    assert (lm.trained_mode, lm.decode_mode(CFG)) == (None, "ttt")
+    assert (ar_lm.trained_mode, ar_lm.decode_mode(CFG), ar_lm.decode_mode(SamplerConfig(decode="ttt"))) == (
+        "ar", "ar", "ttt")
+    messages = [Message("user", text="hi")]
+    events = list(generate_stream(ar_lm, messages, CFG))
+    blocks = [e for e in events if isinstance(e, AudioBlock)]
+    assert [len(b.codes) for b in blocks] == [CFG.block_length] * (CFG.max_span // CFG.block_length)
+    got, reference = answer(ar_lm, messages, CFG), answer(lm, messages, CFG)
+    assert (got.text, got.ids, got.finish_reason) == (reference.text, reference.ids, "eos")
+    np.testing.assert_array_equal(got.waveform, reference.waveform)
+    run = ar_lm.sampler(CFG).start([build_prompt(ar_lm, messages)])
+    list(run)
+    assert run.stats.diffusion_steps == 0 and run.stats.audio_tokens == CFG.max_span

@@ -32,7 +32,7 @@ from tokenization.codecs.base import CodecIdentity
 from tokenization.sequence import SPAN_ARROW_TYPE, Part, Turn, build_chat, build_document, spans_to_pylist
 from tokenization.text import load_text_tokenizer
 from tokenization.vocab import UnifiedVocab, write_manifest
-from ttt_model.checkpoint import load_checkpoint, save_checkpoint
+from ttt_model.checkpoint import load_checkpoint, load_objective, save_checkpoint
 from ttt_model.metrics import read_jsonl
 from ttt_model.model import build_model
 from ttt_model.train_config import TrainConfigError, parse_settings
@@ -158,6 +158,7 @@ def test_baseline_run_writes_metrics_checkpoints_and_a_disjoint_deterministic_sp
     plain = Qwen2ForCausalLM.from_pretrained(baseline["model"])
     assert torch.equal(model.get_input_embeddings().weight, plain.get_input_embeddings().weight)
     assert json.loads((log_dir / "final.json").read_text())["model"] == baseline["model"]
+    assert load_objective(baseline["model"])["mode"] == "ttt"  # what `decode: auto` reads at evaluation
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from pipelines.eval.jobs import (
     EvalConfigError,
     build_grid,
     resolve_checkpoint,
+    resolve_decode,
     run_evaluation,
     sampler_slug,
     summarize,
@@ -143,6 +144,7 @@ def test_sweep_end_to_end(ray_local, tmp_path: Path, checkpoint: Path, capsys: p
     qa = results["audio_qa"]["llama_questions"]
     assert (qa["n_items"], qa["n_input_error"], qa["text"]["n_valid"]) == (2, 1, 1)  # 1.wav is missing
     assert results["generation"]["finish_reasons"] == {"eos": 6}
+    assert results["decode"] == results["sampler"]["decode"] == "ttt"  # no objective record, system ttt
     assert results["generation"]["audio_tokens"] == 6 * 4  # one block of 4 masks committed in one step per item
 
     con = duckdb.connect()
@@ -189,12 +191,22 @@ def test_grid_and_checkpoint_resolution(tmp_path: Path) -> None:
     specs = build_grid(cfg)
     assert [s.run_id for s in specs] == ["ar_baseline__default", "ar_baseline__text.top_k5_t0.9"]
     assert specs[1].sampler == {"block_length": 32, "steps_per_block": 10, "threshold": 0.9,
-                                "text": {"temperature": 0.0, "top_k": 5}}
+                                "text": {"temperature": 0.0, "top_k": 5}, "decode": "ar"}  # from the system name
     assert sampler_slug({"steps_per_block": 4, "block_length": 16}) == "b16_s4"
     assert sampler_slug({"backend": "recompute"}) == "recompute"
     cfg["eval"]["grid"]["checkpoints"].append({"path": str(new), "system": "ar_baseline"})
     with pytest.raises(EvalConfigError, match="duplicate runs"):
         build_grid(cfg)
+    # a recorded objective wins over the system name; an explicit decode wins over both; free labels mean TtT
+    (new / "objective.json").write_text(json.dumps({"mode": "nar"}))
+    assert resolve_decode({}, new, "ar_baseline") == "nar" and resolve_decode({"decode": "auto"}, new, "x") == "nar"
+    assert resolve_decode({"decode": "ttt"}, new, "nar_baseline") == "ttt"
+    assert resolve_decode({}, old, "nar_baseline") == "nar" and resolve_decode({}, old, "my model") == "ttt"
+    (new / "objective.json").write_text(json.dumps({"mode": "diffusion"}))
+    with pytest.raises(EvalConfigError, match="records objective mode"):
+        resolve_decode({}, new, "ttt")
+    with pytest.raises(EvalConfigError, match="decode"):
+        resolve_decode({"decode": "fast"}, old, "ttt")
     with pytest.raises(EvalConfigError, match="empty"):
         build_grid({"eval": {"grid": {}}})
 
@@ -276,7 +288,24 @@ def test_generate_stage_isolates_failing_items(checkpoint: Path, tmp_path: Path)
                        audio_in_path=["", "", "/nonexistent.wav"], audio_in_start=[0.0] * 3)
     ok, long, missing = stage(batch).to_pylist()
     assert (ok["status"], ok["answer_text"], ok["n_audio_tokens"], ok["finish_reason"]) == ("ok", "Paris", 4, "eos")
+    assert ok["decode"] == long["decode"] == "ttt" and missing["decode"] is None
     assert Path(ok["audio_path"]) == tmp_path / "audio" / "tts" / "tts_ok.wav" and Path(ok["audio_path"]).is_file()
     assert long["status"] == "generation_error" and "context holds 512" in long["error"]
     assert long["answer_text"] is None and long["audio_path"] is None
     assert missing["status"] == "input_error" and missing["error"].startswith("input audio:")
+
+
+@pytest.mark.parametrize(("decode", "n_codes", "finish"), [("ar", 1, "eos"), ("nar", 0, "length")])
+def test_generate_stage_decodes_with_the_baseline_decoders(checkpoint: Path, tmp_path: Path, decode: str,
+                                                           n_codes: int, finish: str) -> None:
+    """The bigram model under the baselines' decoders: AR feeds each code back, and a code predicts the closer,
+    so its span holds one code (TtT's span is one block of 4 masks, each predicting a code); NAR's masks all
+    predict codes in parallel, with no opener before them, so no speech and no end of turn."""
+    from pipelines.eval.stages import GenerateStage
+
+    stage = GenerateStage(str(checkpoint), ToneCodec, {"block_length": 4, "steps_per_block": 1, "max_span": 16,
+                                                       "max_new_tokens": 24, "decode": decode},
+                          str(tmp_path / "audio"), torch_threads=1)
+    (row,) = stage(_item_rows(item_id=["tts/ok"], task=["tts"], subset=["t"], question=["Hello there."])).to_pylist()
+    assert (row["status"], row["answer_text"], row["decode"]) == ("ok", "Paris", decode)
+    assert (row["n_audio_tokens"], row["finish_reason"]) == (n_codes, finish)

@@ -9,9 +9,11 @@ Train V2 queries its state API, and the Jobs API must never listen on a public i
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
+log = logging.getLogger(__name__)
 REPO_ROOT = str(Path(__file__).resolve().parents[1])
 
 
@@ -27,8 +29,10 @@ def ensure_ray(address: str | None = None, num_cpus: int = 4, object_store_gb: f
     address = address or os.environ.get("RAY_ADDRESS")
     if address and address != "local":
         ray.init(address=address)
+        log.info("joined the Ray cluster at %s", address)  # which cluster a job ran on, for its logs
         return True
     pythonpath = os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH", "")) if p)
     ray.init(address="local", num_cpus=num_cpus, object_store_memory=int(object_store_gb * (1 << 30)),
              dashboard_host="127.0.0.1", runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+    log.info("started a local Ray cluster (%d logical CPUs)", num_cpus)
     return True

@@ -84,6 +84,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     from pipelines.ray_runtime import ensure_ray
 
     stages = selected_stages(cfg.get("stages"))
+    # Under `ray job submit` the interpreter is whatever `python` the cluster's PATH gives: say which ran.
+    log.info("stages %s with %s", ", ".join(stages), sys.executable)
     started = ensure_ray(address=cfg.get("ray_address"))
     timings: dict[str, float] = {}
     try:

@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint bench
+.PHONY: setup run sweep test lint bench
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ setup: $(STAMP)
 
 run: setup
 	$(PY) workflows/full_run.py
+
+sweep: setup
+	$(PY) workflows/sweep.py
 
 test: setup
 	$(VENV)/bin/ruff check .

@@ -61,7 +61,9 @@ def _evaluate(cfg: DictConfig) -> Any:
 def _report(cfg: DictConfig) -> Any:
     from pipelines.eval.report import build_report
 
-    return build_report(OmegaConf.to_container(cfg.paths, resolve=True))
+    sweep = cfg.get("sweep")  # the Table-1 sweep's table (workflows/sweep.py), wherever sweep.root puts it
+    return build_report(OmegaConf.to_container(cfg.paths, resolve=True),
+                        sweep_eval_dir=Path(str(sweep.root)) / "eval" if sweep else None)
 
 
 RUNNERS: dict[str, Callable[[DictConfig], Any]] = {

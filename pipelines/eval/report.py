@@ -6,6 +6,7 @@ Inputs, each optional (a missing one gives a section that says "not available" a
     training    metrics*.jsonl under {paths.root}/train and {paths.checkpoints} (the trainer's per-step records);
                 every numeric field with "loss" in its name is plotted, and tokens/s
     evaluation  {paths.eval}/table.json (pipelines/eval/table.py) and the per-item Parquet files for examples
+    sweep       <sweep.root>/eval/table.json of workflows/sweep.py, the Table-1 sweep (a section only when it exists)
     speed       runs/bench/*.json (name, config, machine, numbers with units)
 Outputs: {paths.report}/report.md, report.html and plots/*.png.
 
@@ -302,6 +303,28 @@ def evaluation_section(eval_dir: Path) -> list[Block]:
         table = json.loads(table_path.read_text())
     except (OSError, ValueError) as e:
         return [*blocks, Para(f"Evaluation table {NOT_AVAILABLE}: {table_path} ({e.__class__.__name__}).")]
+    return [*blocks, *table_blocks(eval_dir, table)]
+
+
+def sweep_section(sweep_eval_dir: Path) -> list[Block]:
+    """The Table-1 sweep of workflows/sweep.py (every objective variant trained and evaluated the same way), when
+    this run has one; no section otherwise, because most runs never sweep."""
+    table_path = sweep_eval_dir / "table.json"
+    if not table_path.exists():
+        return []
+    blocks: list[Block] = [Heading(2, "Sweep (Table 1)")]
+    try:
+        table = json.loads(table_path.read_text())
+    except (OSError, ValueError) as e:
+        return [*blocks, Para(f"Sweep table {NOT_AVAILABLE}: {table_path} ({e.__class__.__name__}).")]
+    blocks.append(Para(f"From {table_path}: each objective variant trained on this run's shards with the same "
+                       "settings (python workflows/sweep.py), then evaluated on the same items."))
+    return [*blocks, *table_blocks(sweep_eval_dir, table)]
+
+
+def table_blocks(eval_dir: Path, table: Mapping[str, Any]) -> list[Block]:
+    """One evaluation table (pipelines/eval/table.py) with its metadata, run details and per-run counts."""
+    blocks: list[Block] = []
     cols = table.get("columns", [])
     rows = table.get("rows", [])
     blocks.append(Para("Audio-QA: (S) scores the transcribed speech answer, (T) the text answer; accuracy in %, "
@@ -431,9 +454,10 @@ class ReportFiles:
 
 
 def build_report(paths: Mapping[str, Any], bench_dir: str | Path = "runs/bench", n_examples: int = 5,
-                 title: str = "TtT run report") -> ReportFiles:
+                 title: str = "TtT run report", sweep_eval_dir: str | Path | None = None) -> ReportFiles:
     """Write report.md, report.html and plots under `paths.report` from the result files under `paths`
-    (the composed `paths` config group: root, shards, checkpoints, eval, report)."""
+    (the composed `paths` config group: root, shards, checkpoints, eval, report). `sweep_eval_dir`: the eval
+    directory of workflows/sweep.py (`<sweep.root>/eval`; default `<paths.root>/sweep/eval`, sweep.root's default)."""
     root = Path(paths["root"])
     report_dir = Path(paths.get("report") or root / "report")
     plots_dir = report_dir / "plots"
@@ -446,6 +470,7 @@ def build_report(paths: Mapping[str, Any], bench_dir: str | Path = "runs/bench",
     blocks += data_section(Path(paths.get("shards") or root / "shards"))
     blocks += training_section(metric_dirs, plots_dir, report_dir)
     blocks += evaluation_section(eval_dir)
+    blocks += sweep_section(Path(sweep_eval_dir) if sweep_eval_dir is not None else root / "sweep" / "eval")
     blocks += bench_section(Path(bench_dir))
     blocks += examples_section(eval_dir, report_dir, n_examples)
     report_dir.mkdir(parents=True, exist_ok=True)

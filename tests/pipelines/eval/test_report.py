@@ -148,4 +148,32 @@ def test_report_with_nothing_to_report(tmp_path: Path) -> None:
     out = build_report({"root": str(tmp_path / "empty")}, bench_dir=tmp_path / "nobench")
     md = out.markdown.read_text()
     assert md.count("not available") == 5
+    assert "Sweep" not in md  # no sweep, no section: most runs never sweep
     assert out.plots == () and out.html.is_file()
+
+
+def test_report_shows_the_sweep_table(tmp_path: Path) -> None:
+    sweep_eval = tmp_path / "sweep" / "eval"  # workflows/sweep.py's default <sweep.root>/eval
+    sweep_eval.mkdir(parents=True)
+    table = build_table([result("ttt_no_sst", "ttt_no_sst__default", 10.2, 0.1858),
+                         result("ar_baseline", "ar_baseline__default", 10.0, 0.5494)])
+    (sweep_eval / "table.json").write_text(json.dumps(table))
+    (sweep_eval / "ar_baseline__default").mkdir()
+    (sweep_eval / "ar_baseline__default" / "results.json").write_text(json.dumps({"asr": {"aishell1_test": {
+        "n_items": 5, "n_input_error": 0, "n_generation_error": 1, "substitutions": 3, "deletions": 2,
+        "insertions": 0}}}))
+    md = build_report({"root": str(tmp_path)}, bench_dir=tmp_path / "nobench").markdown.read_text()
+    section = md[md.index("## Sweep (Table 1)"):md.index("## Speed")]
+    assert f"From {sweep_eval / 'table.json'}" in section
+    assert section.index("| AR baseline | 10.00 | 50.00 | – | 61.00 | 54.94 | 25.00 |") < section.index(
+        "| TtT w/o SST | 10.20 | 50.00 | – | 61.00 | 18.58 | 25.00 |")
+    assert "| ar_baseline__default | asr/aishell1_test | 5 | 0 | 1 | – | – | 3 / 2 / 0 | – |" in section
+    assert "Evaluation table not available" in md  # the main run's evaluation is a separate section
+    # sweep.root moved elsewhere, and its table unreadable: the section says so instead of failing the report
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    (moved / "table.json").write_text('{"rows": [')
+    md = build_report({"root": str(tmp_path)}, bench_dir=tmp_path / "nobench", sweep_eval_dir=moved
+                      ).markdown.read_text()
+    assert f"Sweep table not available: {moved / 'table.json'} (JSONDecodeError)." in md
+    assert "TtT w/o SST" not in md

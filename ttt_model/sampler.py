@@ -19,9 +19,11 @@ own span. Per row of a batch, decoding is a small state machine:
   the span only (bidirectional inside it, full attention to the cached prefix); the position before each
   masked token predicts it, restricted to audio codes + the matching closer, and the most confident
   masked positions of the current block are committed (a per-block schedule of `steps_per_block` steps, or
-  everything above `threshold`, as Fast-dLLM). Committed tokens stay. Once a closer is committed with no
-  mask before it the span ends there (early termination; the rest of the block is dropped); a block filled
-  without a closer appends the next block of masks; at `max_span` codes the closer is forced.
+  everything above `threshold`, as Fast-dLLM). Committed tokens stay. Once a closer is committed, everything
+  after it leaves the span at once (early termination: a training span [opener, codes, closer] holds nothing
+  after its closer, so the steps that still fill the masks before it must not attend to it), and the span ends
+  when no mask is left; a block filled without a closer appends the next block of masks; at `max_span` codes
+  the closer is forced.
 - closing: the finished span is run once more with the span-block mask and its keys/values are committed
   to the cache exactly as training sees a clean span; the closer's logits predict the next text token.
 
@@ -210,12 +212,19 @@ class RecomputeBackend:
     def run(self, chunks: Sequence[Chunk]) -> list[torch.Tensor]:
         return [self._one(c) for c in chunks]
 
-    def _one(self, chunk: Chunk) -> torch.Tensor:
-        r, device = chunk.row, self.model.device
+    def inputs(self, chunk: Chunk) -> tuple[list[int], list[int]]:
+        """The whole sequence the pass for `chunk` runs (committed tokens + the chunk) and its block ids (-1 =
+        causal), the chunk's local blocks numbered after the committed ones."""
+        r = chunk.row
         local = np.asarray(chunk.blocks, dtype=np.int64)
         chunk_blocks = np.where(local >= 0, local + self.n_blocks[r], -1).tolist()
-        ids = torch.tensor([self.tokens[r] + list(chunk.ids)], device=device)
-        blocks = torch.tensor([self.blocks[r] + chunk_blocks], device=device)
+        return self.tokens[r] + list(chunk.ids), self.blocks[r] + chunk_blocks
+
+    def _one(self, chunk: Chunk) -> torch.Tensor:
+        r, device = chunk.row, self.model.device
+        seq, seq_blocks = self.inputs(chunk)
+        ids = torch.tensor([seq], device=device)
+        blocks = torch.tensor([seq_blocks], device=device)
         mask = sdpa_mask(torch.zeros_like(ids), blocks)
         hidden = self.model.model(
             input_ids=ids,
@@ -224,9 +233,8 @@ class RecomputeBackend:
             use_cache=False,
         ).last_hidden_state[0, -len(chunk):]
         if chunk.commit:
-            self.tokens[r] += list(chunk.ids)
-            self.blocks[r] += chunk_blocks
-            self.n_blocks[r] += int(local.max(initial=-1)) + 1
+            self.tokens[r], self.blocks[r] = seq, seq_blocks
+            self.n_blocks[r] += int(np.max(chunk.blocks, initial=-1)) + 1
         self.forward_passes += 1
         self.tokens_processed += ids.shape[1]
         return hidden[-1] if chunk.last_only else hidden
@@ -531,9 +539,7 @@ class DecodeRun:
         assert span is not None
         mask_id = s.vocab.mask_id
         ids = span.ids
-        cut = self._first_closer(span)
-        end = len(ids) if cut is None else cut  # masks after a committed closer are dropped at the end anyway
-        targets = np.array([j for j in range(span.block_start, end) if ids[j] == mask_id])
+        targets = np.array([j for j in range(span.block_start, len(ids)) if ids[j] == mask_id], dtype=np.int64)
         states = hidden[torch.as_tensor(targets - 1, device=hidden.device)]  # position j - 1 predicts token j
         tokens, conf = s.propose_audio(row.index, row.generated, states, targets, span.closer, row.generator)
         k = span.schedule[min(span.step, len(span.schedule) - 1)]
@@ -543,17 +549,22 @@ class DecodeRun:
         span.step += 1
         self.stats.diffusion_steps += 1
         cut = self._first_closer(span)
-        if cut is not None and mask_id not in ids[span.block_start : cut]:
+        if cut is not None:
+            # training's span ends at its closer: what follows it must leave the block now, not when the span
+            # closes, or the steps that still fill the masks before the closer would attend to it
             del ids[cut + 1 :]
+        if mask_id in ids[span.block_start :]:
+            return
+        if cut is not None:
             yield from self._close(row)
-        elif mask_id not in ids[span.block_start :]:
-            yield from self._emit(row, len(ids))
-            if len(ids) - 1 >= span.limit:
-                ids.append(span.closer)
-                span.forced = True
-                yield from self._close(row)
-            else:
-                self._append_block(span)
+            return
+        yield from self._emit(row, len(ids))
+        if len(ids) - 1 >= span.limit:
+            ids.append(span.closer)
+            span.forced = True
+            yield from self._close(row)
+        else:
+            self._append_block(span)
 
     def _first_closer(self, span: _Span) -> int | None:
         try:
@@ -594,7 +605,8 @@ class ArDecodeRun(DecodeRun):
     target token (text, openers, codes, closers, <|im_end|>) is predicted by the position before it. So after
     an opener the codes are sampled one per forward pass through the KV cache (`audio` sampling params),
     restricted to audio codes + the opener's closer (the same restriction as TtT's spans); at `max_span` codes
-    (or when the token budget leaves room for the closer only) the closer is forced. The closer is then fed
+    (or when the token budget leaves room for the closer only) the closer is forced as the token the last code's
+    (or, with no room for a code, the opener's) state predicts, so that code is fed first. The closer is then fed
     like any token and its state predicts the next text token. For streaming, an `AudioBlock` goes out every
     `block_length` codes (and with the rest at the closer), so the codec's streaming decoder works unchanged.
     """
@@ -610,15 +622,21 @@ class ArDecodeRun(DecodeRun):
             yield from super()._after_last(row, hidden)
             return
         span, s = row.span, self.sampler
+        if len(span.ids) - 1 >= span.limit:
+            # no room for another code: the closer is this position's token. Forcing it here, when it is
+            # predicted, and not right after the code that filled the span, is what keeps that code fed: every
+            # generated token enters the context before the next one is chosen, as in training (and HF generate)
+            span.ids.append(span.closer)
+            span.forced = True
+            yield from self._close(row)
+            return
         targets = np.array([len(span.ids)])
         tokens, _ = s.propose_audio(row.index, row.generated, hidden[None], targets, span.closer, row.generator)
         span.ids.append(int(tokens[0]))
         if span.ids[-1] == span.closer:
             yield from self._close(row)
-            return
-        if (len(span.ids) - 1) % s.cfg.block_length == 0:
+        elif (len(span.ids) - 1) % s.cfg.block_length == 0:
             yield from self._emit(row, len(span.ids))
-        yield from self._maybe_forced_close(row)
 
     def _open_span(self, row: _Row, opener: int) -> None:
         limit = min(self.sampler.cfg.max_span, row.budget - 1)  # leave room for the closer
@@ -627,12 +645,9 @@ class ArDecodeRun(DecodeRun):
                          ids=[opener])
 
     def _maybe_forced_close(self, row: _Row) -> Iterator[Event]:
-        span = row.span
-        assert span is not None
-        if len(span.ids) - 1 >= span.limit:
-            span.ids.append(span.closer)
-            span.forced = True
-            yield from self._close(row)
+        """Nothing at the opener: the opener is fed first, and `_after_last` forces the closer its state predicts
+        when the span has no room for a code (limit 0)."""
+        return iter(())
 
     def _close(self, row: _Row) -> Iterator[Event]:
         """As TtT's, but the closer is not yet in the cache: it is fed next as a causal token."""
@@ -655,8 +670,9 @@ class NarDecodeRun(DecodeRun):
     (committed response tokens and masks, nothing committed to the cache) and commits the most confident masks
     of the newest block (`steps_per_block` schedule or `threshold`), over every token a training target can be
     (text ids, openers, the two assistant closers, codes; `text` sampling params). Once <|im_end|> (or
-    <|endoftext|>) is committed with no mask before it the response ends there; a block filled without one
-    appends the next block, up to the token budget ("length").
+    <|endoftext|>) is committed, everything after it leaves the block at once (training's block ends exactly at
+    <|im_end|>, so the steps that still fill the masks before it must not attend past it), and the response ends
+    when no mask is left; a block filled without one appends the next block, up to the token budget ("length").
 
     Where it cannot be faithful, and why:
     - Length: training always sees the block end exactly at <|im_end|>, so the block's extent tells the model the
@@ -710,9 +726,7 @@ class NarDecodeRun(DecodeRun):
         s, resp = self.sampler, row.response
         assert resp is not None
         mask_id, ids = s.vocab.mask_id, resp.ids
-        stop = self._first_stop(ids)
-        end = len(ids) if stop is None else stop
-        targets = np.array([j for j in range(resp.block_start, end) if ids[j] == mask_id])
+        targets = np.array([j for j in range(resp.block_start, len(ids)) if ids[j] == mask_id], dtype=np.int64)
         # response token j sits at block position len(head) + j and is predicted by the position before it
         states = hidden[torch.as_tensor(len(resp.head) + targets - 1, device=hidden.device)]
         tokens, conf = s.propose_response(row.index, row.generated, states, targets, row.generator)
@@ -723,20 +737,25 @@ class NarDecodeRun(DecodeRun):
         resp.step += 1
         self.stats.diffusion_steps += 1
         stop = self._first_stop(ids)
-        if stop is not None and mask_id not in ids[resp.block_start : stop]:
+        if stop is not None:
+            # training's block ends exactly at <|im_end|>: what follows it must leave the block now, not when the
+            # turn ends, or the steps that still fill the masks before it would attend to it
             del ids[stop + 1 :]
+        if mask_id in ids[resp.block_start :]:
+            return
+        if stop is not None:
             yield from self._parse(row, stop)
             row.generated = list(ids)
             yield from self._end_span(row, forced=True)
             yield from self._finish(row, "eos")
-        elif mask_id not in ids[resp.block_start :]:
-            yield from self._parse(row, len(ids))
-            row.generated = list(ids)
-            if len(ids) >= row.budget:
-                yield from self._end_span(row, forced=True)
-                yield from self._finish(row, "length")
-            else:
-                self._append_block(row)
+            return
+        yield from self._parse(row, len(ids))
+        row.generated = list(ids)
+        if len(ids) >= row.budget:
+            yield from self._end_span(row, forced=True)
+            yield from self._finish(row, "length")
+        else:
+            self._append_block(row)
 
     def _parse(self, row: _Row, end: int) -> Iterator[Event]:
         """Events for the committed response tokens [parsed, end) (see the class docstring)."""

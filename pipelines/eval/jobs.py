@@ -46,13 +46,12 @@ import pyarrow.parquet as pq
 from pipelines.eval.items import GENERATION_ERROR, INPUT_ERROR, TASKS, load_items
 from pipelines.eval.judges import Judgment, aggregate, build_judge
 from pipelines.eval.metrics import error_rate
-from pipelines.eval.table import OBJECTIVE_SYSTEMS, build_table, system_label, table_markdown
+from pipelines.eval.table import OBJECTIVE_SYSTEMS, SYSTEM_MODES, build_table, system_label, table_markdown
 from pipelines.ray_runtime import ensure_ray
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MANIFEST_FILE = "vocab_manifest.json"  # ttt_model.checkpoint.MANIFEST_FILE (not imported: keeps torch out)
 OBJECTIVE_FILE = "objective.json"  # ttt_model.checkpoint.OBJECTIVE_FILE (idem)
-SYSTEM_DECODE = {"ar_baseline": "ar", "nar_baseline": "nar"}  # objective names whose mode is not ttt
 DECODE_MODES = ("auto", "ttt", "ar", "nar")  # ttt_model.sampler.DECODE_MODES (idem)
 RESULTS_FILE, ITEMS_DIR, AUDIO_DIR = "results.json", "items", "audio"
 TABLE_JSON, TABLE_MD = "table.json", "table.md"
@@ -170,12 +169,12 @@ def resolve_decode(sampler: Mapping[str, Any], checkpoint: Path, system: str) ->
         mode = str(json.loads(record.read_text()).get("mode") or "")
         if mode not in DECODE_MODES[1:]:
             raise EvalConfigError(f"{record} records objective mode {mode!r}; known modes are {DECODE_MODES[1:]}")
-        named = SYSTEM_DECODE.get(system, "ttt")
+        named = SYSTEM_MODES.get(system, "ttt")
         if mode != named and system in OBJECTIVE_SYSTEMS:
             print(f"evaluate: system {system!r} names a {named} objective but {checkpoint} was trained with mode "
                   f"{mode!r}; decoding with {mode!r}")
         return mode
-    return SYSTEM_DECODE.get(system, "ttt")
+    return SYSTEM_MODES.get(system, "ttt")
 
 
 def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,8 @@ SUBSET_LABELS = {"llama_questions": "LLaMAQ", "web_questions": "WebQ", "trivia_q
 # Objective config names (workflows/conf/objective) -> the paper's row names.
 OBJECTIVE_SYSTEMS = {"ar_baseline": "AR baseline", "nar_baseline": "NAR baseline", "ttt": "TtT",
                      "ttt_no_banom": "TtT w/o BANOM", "ttt_no_ppm": "TtT w/o PPM", "ttt_no_sst": "TtT w/o SST"}
+# Objective config names whose training mode (workflows/conf/objective/*.yaml `mode`) is not ttt.
+SYSTEM_MODES = {"ar_baseline": "ar", "nar_baseline": "nar"}
 
 
 def system_label(name: str) -> str:
@@ -32,9 +34,23 @@ def _order_key(values: Sequence[str], value: str) -> tuple[int, str]:
     return (values.index(value), "") if value in values else (len(values), value)
 
 
-def sampler_label(sampler: Mapping[str, Any]) -> str:
-    """A compact sampler description for row labels, e.g. "steps 10, block 32, thr 0.9"."""
-    parts = []
+def system_mode(name: str) -> str:
+    """The objective mode a system name denotes (ttt for the TtT variants and free labels)."""
+    return SYSTEM_MODES.get(name, "ttt")
+
+
+def _foreign_decode(sampler: Mapping[str, Any], system: str) -> str | None:
+    """The run's decoder when it is not the one its system was trained for (runs record the resolved mode)."""
+    decode = sampler.get("decode")
+    return None if decode in (None, "auto", system_mode(system)) else str(decode)
+
+
+def sampler_label(sampler: Mapping[str, Any], system: str = "") -> str:
+    """A compact sampler description for row labels, e.g. "decode ar, steps 10, block 32, thr 0.9". The decoder is
+    named only when it is not the system's own (`system`: the objective config name), as a TtT checkpoint decoded
+    autoregressively: two runs that differ only there must not share a label."""
+    decode = _foreign_decode(sampler, system)
+    parts = [] if decode is None else [f"decode {decode}"]
     if "steps_per_block" in sampler:
         parts.append(f"steps {sampler['steps_per_block']}")
     if "block_length" in sampler:
@@ -77,7 +93,8 @@ def cell(result: Mapping[str, Any], key: str) -> float | None:
 
 
 def build_table(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Rows in paper order; a system evaluated under several sampler settings gets one row per setting."""
+    """Rows in paper order; a system evaluated under several sampler settings gets one row per setting, each
+    labelled with its setting, as is a lone run decoded other than its system was trained."""
     ordered = sorted(results, key=lambda r: (_order_key(SYSTEM_ORDER, system_label(r.get("system", ""))),
                                              str(r.get("run_id", ""))))
     per_system: dict[str, int] = {}
@@ -86,8 +103,10 @@ def build_table(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     cols = columns_for(ordered)
     rows = []
     for r in ordered:
-        system = system_label(r.get("system", ""))
-        label = system if per_system[system] == 1 else f"{system} ({sampler_label(r.get('sampler', {}))})"
+        name, sampler = r.get("system", ""), r.get("sampler", {})
+        system = system_label(name)
+        alone = per_system[system] == 1 and _foreign_decode(sampler, name) is None
+        label = system if alone else f"{system} ({sampler_label(sampler, name)})"
         rows.append({"label": label, "system": system, "run_id": r.get("run_id", ""),
                      "checkpoint": r.get("checkpoint", ""), "sampler": r.get("sampler", {}),
                      "values": {c["key"]: cell(r, c["key"]) for c in cols}})

@@ -27,8 +27,10 @@ from tokenization.text import TextTokenizer
 from tokenization.vocab import EOA, EOA_FINAL, SOA, SOA_FINAL, UnifiedVocab
 from ttt_model.kvcache import CachedBackend, Chunk
 from ttt_model.model import build_model
+from ttt_model.objective import plan_targets
 from ttt_model.sampler import (
     AudioBlock,
+    Generation,
     LogitsContext,
     RecomputeBackend,
     SamplerConfig,
@@ -37,6 +39,7 @@ from ttt_model.sampler import (
     TtTSampler,
     TurnEnd,
     _Detokenizer,
+    chat_spans,
     prompt_block_ids,
 )
 from ttt_model.sampling import SamplingParams, commit_schedule, filter_logits, select_commits
@@ -120,6 +123,61 @@ def run_all(model: torch.nn.Module, vocab: UnifiedVocab, cfg: SamplerConfig, pro
     return run.results(), events
 
 
+class RecordingOracle(RecomputeBackend):
+    """The recompute oracle that records, per row, the whole input of every pass and the block ids it attended
+    with: what the model actually saw, to compare with the generated sequence and with the training mask."""
+
+    def __init__(self, model: torch.nn.Module, batch: int) -> None:
+        super().__init__(model, batch)
+        self.passes: list[list[tuple[list[int], list[int]]]] = [[] for _ in range(batch)]
+
+    def _one(self, chunk: Chunk) -> torch.Tensor:
+        self.passes[chunk.row].append(self.inputs(chunk))
+        return super()._one(chunk)
+
+
+def recorded_run(model: torch.nn.Module, vocab: UnifiedVocab, cfg: SamplerConfig, prompts: list[list[int]],
+                 process: Callable | None) -> tuple[RecordingOracle, list[Generation]]:
+    run = TtTSampler(model, vocab, SamplerConfig(**{**cfg.__dict__, "backend": "recompute"}), process).start(prompts)
+    run.backend = oracle = RecordingOracle(model, len(prompts))
+    list(run)
+    return oracle, run.results()
+
+
+def assert_fed_the_generation(vocab: UnifiedVocab, oracle: RecordingOracle, prompts: list[list[int]],
+                              gens: list[Generation], decode: str) -> None:
+    """The model saw exactly prompt + generated ids: every token of every pass's input is that sequence's token at
+    its position, or a mask (masks may reach past the end: a span or response can end before its block does);
+    (ttt, ar) the committed context is all of it but the tail no choice depended on (the last token; for a TtT
+    turn ended by the budget at a closer, the last span, whose closing pass never runs); nar commits only the
+    prompt before the response block, and its last step ran the whole response."""
+    closers = set(vocab.closer_ids())
+    for r, (prompt, g) in enumerate(zip(prompts, gens, strict=True)):
+        seq = prompt + g.ids
+        for ids, _ in oracle.passes[r]:
+            assert all(t == vocab.mask_id or (i < len(seq) and t == seq[i]) for i, t in enumerate(ids))
+        if decode == "nar":
+            assert len(oracle.passes[r][-1][0]) == len(seq) and oracle.tokens[r] == prompt[: len(oracle.tokens[r])]
+            continue
+        last_span = decode == "ttt" and g.finish_reason == "length" and g.ids[-1] in closers
+        unfed = len(g.spans[-1]) + 2 if last_span else 1
+        assert oracle.tokens[r] == seq[:-unfed]
+
+
+def canonical(blocks: np.ndarray | list[int]) -> list[int]:
+    """Block ids renumbered by first appearance (-1 kept), so two numberings of one partition compare equal."""
+    names: dict[int, int] = {}
+    return [-1 if b < 0 else names.setdefault(int(b), len(names)) for b in blocks]
+
+
+def training_blocks(vocab: UnifiedVocab, ids: list[int], mode: str) -> list[int]:
+    """Block ids the training mask of `mode` gives `ids` (plan_targets over its chat span table), canonical.
+    Training computes blocks from the clean sequence, so a mask stands for a code here (ttt masks only codes; in
+    nar any target token of the response joins the same block)."""
+    clean = [vocab.audio_offset if t == vocab.mask_id else t for t in ids]
+    return canonical(plan_targets(chat_spans(vocab, clean), len(clean), mode).block_ids)
+
+
 CFG = SamplerConfig(block_length=8, steps_per_block=3, max_span=20, max_new_tokens=90)
 
 
@@ -193,6 +251,52 @@ def test_token_budget_ends_the_turn_and_shortens_spans(model: torch.nn.Module, v
     # 4 text tokens + opener leave 12 tokens: the span holds 11 codes and a forced closer, then no room is left
     assert [len(s) for s in g.spans] == [11] and g.ids[-1] == vocab.id(EOA)
     assert next(e for e in events if isinstance(e, SpanEnd)).forced
+
+
+# (max_span, max_new_tokens, prompts, every, spans): spans forced closed at max_span in every row (closer
+# pushed nowhere); one span forced by the budget (4 text tokens + opener leave 12 tokens: 11 codes + the closer);
+# a zero-code span (the budget leaves room for the closer only, so the opener's state must predict it)
+FORCED = {
+    "max_span": (6, 50, slice(None), 3, None),
+    "budget": (50, 17, slice(1, 2), 4, [11]),
+    "zero_codes": (50, 6, slice(1, 2), 4, [0]),
+}
+
+
+@pytest.mark.parametrize("decode", ["ttt", "ar"])
+@pytest.mark.parametrize("case", list(FORCED))
+def test_forced_spans_feed_the_generated_sequence(model: torch.nn.Module, vocab: UnifiedVocab, decode: str,
+                                                  case: str) -> None:
+    """A forced closer must follow its span's last code in what the model saw (the AR decoder once appended the
+    closer right after sampling the code that filled the span, so that code never entered the context)."""
+    max_span, max_new, rows, every, spans = FORCED[case]
+    cfg = SamplerConfig(block_length=4, steps_per_block=2, max_span=max_span, max_new_tokens=max_new, decode=decode)
+    ps = prompts(vocab)[rows]
+    oracle, gens = recorded_run(model, vocab, cfg, ps, forcing(vocab, every=every, end_after=40))
+    assert_fed_the_generation(vocab, oracle, ps, gens, decode)
+    if spans is None:
+        assert all(g.finish_reason == "eos" and [len(s) for s in g.spans] == [max_span] * 4 for g in gens)
+    else:
+        assert gens[0].finish_reason == "length" and [len(s) for s in gens[0].spans] == spans
+        assert gens[0].ids[-1] == vocab.id(EOA)
+
+
+def test_ttt_diffusion_steps_attend_with_the_training_mask(model: torch.nn.Module, vocab: UnifiedVocab) -> None:
+    """Every pass's blocks are the training mask of the sequence it runs. Row 0 commits several closers in one step
+    with masks still before them (closer pushed from span position 3): the span must end at the first closer at
+    once, since a training span [opener, codes, closer] holds nothing after it; row 1's spans are forced closed."""
+    ps = prompts(vocab)[:2]
+    cfg = SamplerConfig(block_length=8, steps_per_block=3, max_span=12, max_new_tokens=90)
+    oracle, gens = recorded_run(model, vocab, cfg, ps, forcing(vocab, end_after=40, closer_from={0: 3}))
+    for r in range(len(ps)):
+        assert [canonical(b) for _, b in oracle.passes[r]] == [training_blocks(vocab, i, "ttt")
+                                                              for i, _ in oracle.passes[r]]
+    assert_fed_the_generation(vocab, oracle, ps, gens, "ttt")
+    assert all(g.finish_reason == "eos" for g in gens)
+    assert all(len(s) == 2 for s in gens[0].spans) and all(len(s) == 12 for s in gens[1].spans)
+    # the first span of row 0 went through a step that still had masks before its closer
+    first = next(ids for ids, _ in oracle.passes[0] if vocab.id(EOA) in ids[len(ps[0]) :])
+    assert vocab.mask_id in first[len(ps[0]) : first.index(vocab.id(EOA), len(ps[0]))]
 
 
 def test_cache_discards_diffusion_steps_and_matches_recompute(model: torch.nn.Module, vocab: UnifiedVocab) -> None:

@@ -16,7 +16,17 @@ import pytest
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from tests.ttt_model.test_sampler import TINY, byte_tokenizer, forcing, prompts, run_all
+from tests.ttt_model.test_sampler import (
+    TINY,
+    assert_fed_the_generation,
+    byte_tokenizer,
+    canonical,
+    forcing,
+    prompts,
+    recorded_run,
+    run_all,
+    training_blocks,
+)
 from tokenization.codecs.base import CodecIdentity
 from tokenization.sequence import Part, Turn, build_chat, spans_from_ids, validate_spans
 from tokenization.vocab import EOA, EOA_FINAL, EOA_USER, SOA, SOA_FINAL, UnifiedVocab
@@ -61,12 +71,6 @@ def model(vocab: UnifiedVocab) -> torch.nn.Module:
 
 def recompute(cfg: SamplerConfig) -> SamplerConfig:
     return SamplerConfig(**{**cfg.__dict__, "backend": "recompute"})
-
-
-def canonical(blocks: np.ndarray) -> list[int]:
-    """Block ids renumbered by first appearance (-1 kept), so two numberings of one partition compare equal."""
-    names: dict[int, int] = {}
-    return [-1 if b < 0 else names.setdefault(int(b), len(names)) for b in blocks]
 
 
 def check_stream(vocab: UnifiedVocab, gens: list, events: list, block_length: int) -> None:
@@ -141,9 +145,16 @@ class HFRestriction(LogitsProcessor):
         return out
 
 
-def test_ar_decoder_equals_plain_hf_greedy_generate(model: torch.nn.Module, vocab: UnifiedVocab) -> None:
-    cfg = SamplerConfig(**{**AR.__dict__, "max_span": 12, "max_new_tokens": 60})
-    process = forcing(vocab, every=5, end_after=200, closer_from={0: 7})
+@pytest.mark.parametrize(("max_span", "max_new", "closer_from", "sizes"), [
+    (12, 60, {0: 7}, None),  # closed by the model (closer pushed from span position 7)
+    (8, 60, {}, [8, 8, 8, 8]),  # forced at max_span: HF feeds the last code before the closer is chosen
+    (8, 14, {}, [7]),  # forced by the budget: 5 text tokens + opener + 7 codes + the closer
+])
+def test_ar_decoder_equals_plain_hf_greedy_generate(model: torch.nn.Module, vocab: UnifiedVocab, max_span: int,
+                                                    max_new: int, closer_from: dict[int, int],
+                                                    sizes: list[int] | None) -> None:
+    cfg = SamplerConfig(**{**AR.__dict__, "max_span": max_span, "max_new_tokens": max_new})
+    process = forcing(vocab, every=5, end_after=200, closer_from=closer_from)
     prompt = prompts(vocab)[0]
     (ours,), _ = run_all(model, vocab, cfg, [prompt], process)
     gen_cfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, do_sample=False, num_beams=1,
@@ -153,7 +164,8 @@ def test_ar_decoder_equals_plain_hf_greedy_generate(model: torch.nn.Module, voca
                             generation_config=gen_cfg,
                             logits_processor=LogitsProcessorList([HFRestriction(vocab, len(prompt), cfg, process)]))
     assert hf[0, len(prompt) :].tolist() == ours.ids
-    assert ours.finish_reason == "length" and len(ours.spans) >= 2  # budget spent, spans closed on the way
+    assert ours.finish_reason == "length" and len(ours.spans) >= 1  # budget spent, spans closed on the way
+    assert sizes is None or [len(s) for s in ours.spans] == sizes
 
 
 # ---- NAR baseline -----------------------------------------------------------------------------------
@@ -223,12 +235,28 @@ def test_nar_cached_equals_recompute_oracle_greedy(model: torch.nn.Module, vocab
     assert per_row[1] == [(6, False)] * 5 and per_row[2] == [(6, True)] * 4
     assert {e.final for e in ends if e.row == 1} == {True, False}
     assert fast[1].ids[33:35] == [vocab.id(EOA)] * 2  # parallel choices: a stray closer is kept, not voiced
-    # steps_per_block steps per block, except row 0's last: after <|im_end|> only 5 masks are left before it, and
-    # the schedule for 8 masks (3, 3, 2) fills them in two steps
+    # steps_per_block steps per block, except row 0's last: its first step commits <|im_end|> at 29 and two tokens
+    # before it, the two masks after it leave the block at once, and the second step (3 commits) fills the 3 left
     blocks = sum(-(-len(g.ids) // NAR.block_length) for g in fast)
     assert run.stats.diffusion_steps == blocks * NAR.steps_per_block - 1
     first = next(i for i, e in enumerate(fast_events) if isinstance(e, AudioBlock) and e.row == 1)
     assert first < next(i for i, e in enumerate(fast_events) if isinstance(e, TurnEnd) and e.row == 1)
+
+
+def test_nar_steps_attend_with_the_training_mask(model: torch.nn.Module, vocab: UnifiedVocab) -> None:
+    """Every pass's blocks are the training mask of the sequence it runs, and what it runs is the response: once
+    <|im_end|> is committed, the steps that fill the masks before it no longer see what follows it (row 0 commits
+    it at 29 with masks on both sides; training's block ends exactly at <|im_end|>)."""
+    ps = nar_prompts(vocab)
+    oracle, gens = recorded_run(model, vocab, NAR, ps, nar_forcing(vocab, end_at={0: 29, 2: 45}, no_closer=(2,)))
+    for r in (0, 1):  # row 2 is raw ids: no chat structure makes its continuation a training target
+        assert [canonical(b) for _, b in oracle.passes[r]] == [training_blocks(vocab, i, "nar")
+                                                              for i, _ in oracle.passes[r]]
+    assert_fed_the_generation(vocab, oracle, ps, gens, "nar")
+    assert [g.finish_reason for g in gens] == ["eos", "length", "eos"]
+    # row 0's last step ran [..., masks, <|im_end|>]: nothing after it
+    last, _ = oracle.passes[0][-1]
+    assert last[-1] == vocab.eos_id and vocab.mask_id in last[-6:-1]
 
 
 @pytest.mark.parametrize("cfg", [

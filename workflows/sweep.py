@@ -3,7 +3,14 @@
     python workflows/sweep.py                                          # sweep=embedded: the six variants on CPU
     python workflows/sweep.py 'sweep.variants=[ar_baseline,ttt]' sweep.train.max_steps=10
     ray job submit --working-dir . -- python workflows/sweep.py sweep=production train=a100x32 eval=production \
-        model=qwen2.5-3b model.init=pretrained model.path=/models/Qwen2.5-3B paths.root=/nfs/ttt/run1
+        paths.root=/nfs/ttt/run1 data.sources_file=/nfs/ttt/sources.yaml codec=glm4voice \
+        codec.tokenizer_path=/models/glm-4-voice-tokenizer codec.decoder_path=/models/glm-4-voice-decoder \
+        model=qwen2.5-3b model.init=pretrained model.path=/models/Qwen2.5-3B
+
+At paper scale name your corpora (`data.sources_file`, a YAML list of sources; the data group's default is the
+embedded synthetic corpora) and the codec, and put `paths.root` on storage every node reads (NFS, a PVC) as an
+absolute path: under `ray job submit` a relative one would land in the job's temporary copy of the working dir,
+so a sweep that joins a cluster (ray_address / RAY_ADDRESS) refuses a relative `sweep.root`.
 
 Variants are options of the `objective` config group (AR baseline, NAR baseline, TtT, TtT without BANOM / PPM /
 SST). Each is its own training run: the root config composed again with this run's overrides plus
@@ -13,16 +20,25 @@ logs under `<sweep.root>/train/sweep-<variant>`, all apart from the main run's. 
 variant continues from its latest checkpoint (workflows/train.py), a finished one is not started again. Then one
 evaluation (pipelines/eval/jobs.py) runs every variant's final checkpoint under every `sweep.samplers` setting,
 with `sweep.eval` merged over `eval`, into `<sweep.root>/eval/table.json` and `table.md` (runs evaluated before
-with the same checkpoint and settings are reused); the run report shows that table as "Sweep (Table 1)".
-Configuration mistakes in any variant are reported before anything trains (exit status 2).
+with the same checkpoint and settings are reused); the run report shows that table as "Sweep (Table 1)". The
+table holds the variants of this call only: `sweep.variants=[ttt]` rewrites it with the TtT rows alone (the other
+variants' checkpoints and evaluated runs stay, so listing all of them again rebuilds the full table at once).
+
+Configuration mistakes are reported before anything trains (exit status 2): in any variant's config; a
+command-line `train.*` / `eval.*` / `sampler.*` override that `sweep.train` / `sweep.eval` / `sweep.samplers`
+would silently replace; sampler settings; a variant whose existing checkpoint was trained with another objective
+than the one composed now; and evaluation sources that are missing or malformed (checked after the data stages
+when `prepare` is one of them, since it writes the embedded evaluation sets).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +64,7 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 OBJECTIVE_GROUP = "objective"
 DATA_STAGES = ("prepare", "tokenize")
 RUN_PREFIX = "sweep-"
+SWEEP_TRAIN_KEYS = ("name", "checkpoint.storage_path", "logging.dir")  # set per variant by variant_train
 
 
 class SweepConfigError(ValueError):
@@ -91,13 +108,41 @@ def _unknown_keys(over: Mapping[str, Any], base: Mapping[str, Any], prefix: str 
     return out
 
 
+def _leaves(m: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted paths of the values of `m` that are not mappings (what merging `m` over a config replaces)."""
+    out = []
+    for key, value in m.items():
+        out.extend(_leaves(value, f"{prefix}{key}.") if isinstance(value, Mapping) else [f"{prefix}{key}"])
+    return out
+
+
 def merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     """`over` merged into `base` (nested mappings key by key, anything else replaced), as plain dicts."""
     return OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(dict(base)), OmegaConf.create(dict(over))))
 
 
-def parse_sweep(cfg: Mapping[str, Any], known_variants: Sequence[str]) -> SweepSettings:
-    """Check the `sweep` group of a resolved root config against the other groups; raises SweepConfigError."""
+def _check_samplers(samplers: Sequence[Mapping[str, Any]], base: Mapping[str, Any]) -> None:
+    """Each sampler setting merged over the sampler group must be a valid SamplerConfig (decode mode, schedule,
+    threshold, ...), and no two may share a run id, which the evaluation would refuse after all variants trained."""
+    from pipelines.eval.jobs import sampler_slug
+    from ttt_model.sampler import SamplerConfig
+
+    for i, s in enumerate(samplers):
+        try:
+            SamplerConfig.from_mapping(merged(base, s))
+        except (ValueError, TypeError) as e:
+            raise SweepConfigError(f"sweep.samplers[{i}]: {e}") from e
+    slugs = [sampler_slug(s) for s in samplers]
+    twice = sorted({slug for slug in slugs if slugs.count(slug) > 1})
+    if twice:
+        raise SweepConfigError(f"sweep.samplers: settings {twice} are listed more than once (each setting is one "
+                               "evaluated run per variant)")
+
+
+def parse_sweep(cfg: Mapping[str, Any], known_variants: Sequence[str], joins_cluster: bool = False) -> SweepSettings:
+    """Check the `sweep` group of a resolved root config against the other groups; raises SweepConfigError.
+    `joins_cluster`: the sweep runs on a Ray cluster (ray_address or RAY_ADDRESS set), where `sweep.root` must be
+    absolute."""
     sweep = cfg.get("sweep")
     if not isinstance(sweep, Mapping):
         raise SweepConfigError("no sweep config: compose a sweep group (sweep=embedded or sweep=production)")
@@ -106,6 +151,14 @@ def parse_sweep(cfg: Mapping[str, Any], known_variants: Sequence[str]) -> SweepS
         raise SweepConfigError(f"sweep: unknown keys {sorted(set(sweep) - allowed)} (allowed: {sorted(allowed)})")
     if not sweep.get("root"):
         raise SweepConfigError("sweep.root is not set: the directory for the sweep's checkpoints, logs and table")
+    root = str(sweep["root"])
+    if "://" in root:
+        raise SweepConfigError(f"sweep.root {root}: a URI is not supported; checkpoints must be on a filesystem "
+                               "every node and the evaluation can read (NFS, a PVC mounted at the same path)")
+    if joins_cluster and not Path(root).expanduser().is_absolute():
+        raise SweepConfigError(f"sweep.root {root} is relative but the sweep joins a Ray cluster (ray_address / "
+                               "RAY_ADDRESS): under `ray job submit` it would land in the job's temporary copy of "
+                               "the working dir; set an absolute paths.root (or sweep.root) on shared storage")
     variants = list(sweep.get("variants") or [])
     if not variants:
         raise SweepConfigError("sweep.variants is empty: list objective options, e.g. [ar_baseline, ttt]")
@@ -136,9 +189,91 @@ def parse_sweep(cfg: Mapping[str, Any], known_variants: Sequence[str]) -> SweepS
         bad = _unknown_keys(s, cfg.get("sampler") or {})  # the sampler group is a fixed schema: check it all
         if bad:
             raise SweepConfigError(f"sweep.samplers[{i}]: unknown sampler keys {bad}")
+    _check_samplers(samplers, cfg.get("sampler") or {})
     stages_in_order = tuple(s for s in DATA_STAGES if s in stages)
-    return SweepSettings(Path(str(sweep["root"])).expanduser().absolute(), tuple(variants), stages_in_order,
+    return SweepSettings(Path(root).expanduser().absolute(), tuple(variants), stages_in_order,
                          dict(train), dict(ev), tuple(dict(s) for s in samplers))
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether dotted paths `a` and `b` name the same value or one lies inside the other."""
+    return a == b or a.startswith(f"{b}.") or b.startswith(f"{a}.")
+
+
+def check_overrides(overrides: Sequence[str], settings: SweepSettings) -> None:
+    """Refuse a command-line key override of `train`, `eval` or `sampler` that the sweep replaces: the values of
+    `sweep.train`, `sweep.eval` and `sweep.samplers` are merged over the groups after Hydra applied the command
+    line (so `train.max_steps=10` under sweep.train.max_steps=30 would silently train 30 steps), and every
+    variant's train.name, checkpoint and log locations are the sweep's own."""
+    swept = {"train": [("sweep.train", _leaves(settings.train))], "eval": [("sweep.eval", _leaves(settings.eval))],
+             "sampler": [(f"sweep.samplers[{i}]", _leaves(s)) for i, s in enumerate(settings.samplers)]}
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        group, _, rest = override.key_or_group.partition(".")
+        if not rest or group not in swept:  # a group selection (train=a100x32) or another group's key
+            continue
+        value = override.value()  # a mapping value sets its leaves only: Hydra merges it into the group
+        paths = _leaves(value, f"{rest}.") if isinstance(value, Mapping) and value else [rest]
+        if group == "train" and any(_overlap(p, own) for p in paths for own in SWEEP_TRAIN_KEYS):
+            raise SweepConfigError(f"{override.key_or_group}: the sweep sets train.{', train.'.join(SWEEP_TRAIN_KEYS)} "
+                                   "for every variant (sweep-<variant> under sweep.root): set sweep.root instead")
+        for where, leaves in swept[group]:
+            for leaf in leaves:
+                if any(_overlap(p, leaf) for p in paths):
+                    raise SweepConfigError(f"{override.key_or_group} is overridden by {where}.{leaf}: "
+                                           f"set {where}.{leaf} instead")
+
+
+def check_eval_sources(eval_cfg: Mapping[str, Any]) -> None:
+    """Every configured evaluation source passes its reader's layout check, and there is at least one, so a wrong
+    path stops the sweep before training instead of after it. Hand-written next to pipelines/eval/jobs.py's
+    load_eval_items because that one reads every item (audio included; tens of thousands of utterances at paper
+    scale) and the evaluation reads them again anyway: the readers' `validate` only looks at the layout."""
+    from pipelines.eval.items import TASKS
+    from pipelines.readers import get_reader
+    from pipelines.records import SourceConfig
+
+    count = 0
+    for task, task_cfg in (eval_cfg.get("tasks") or {}).items():
+        if task not in TASKS:
+            raise SweepConfigError(f"eval.tasks.{task}: unknown task (known: {', '.join(TASKS)})")
+        for i, mapping in enumerate((task_cfg or {}).get("sources") or []):
+            try:
+                source = SourceConfig.from_mapping(mapping)
+                get_reader(source.kind).validate(source)
+            except (ValueError, OSError) as e:
+                raise SweepConfigError(f"eval.tasks.{task}.sources[{i}]: {e}") from e
+            count += 1
+    if not count:
+        raise SweepConfigError("no evaluation sources: configure eval.tasks.{audio_qa,asr,tts}.sources")
+
+
+def check_recorded_objective(variant: Variant) -> None:
+    """Refuse a variant whose latest checkpoint records another objective than the one composed now (e.g.
+    `objective.p_mix=0.5` added after the sweep trained): it would be resumed from, or reused as finished, and
+    evaluated under a config it was not trained with. (Objective changes only: the other settings of a finished
+    run are not recorded with it; a digest of the whole config in train.py's final.json would cover them.)"""
+    from ttt_model.checkpoint import load_objective
+    from ttt_model.train_ckpt import MODEL_DIR
+
+    run_dir = Path(variant.config["train"]["checkpoint"]["storage_path"]) / variant.run_name
+    checkpoints = sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())
+    recorded = load_objective(checkpoints[-1] / MODEL_DIR) if checkpoints else None
+    wanted = json.loads(json.dumps(variant.config[OBJECTIVE_GROUP]))  # as the record holds it (lists, not tuples)
+    if recorded is not None and recorded != wanted:
+        changed = sorted(k for k in recorded.keys() | wanted.keys() if recorded.get(k) != wanted.get(k))
+        raise SweepConfigError(f"{variant.name}: {checkpoints[-1]} was trained with another objective (differs in "
+                               f"{changed}): delete {run_dir} to train it again, or set another sweep.root")
+
+
+@contextmanager
+def _naming(variant: str) -> Iterator[None]:
+    """Prefix a TrainConfigError with the variant it is about: six runs share one config and one error stream."""
+    from ttt_model.train_config import TrainConfigError
+
+    try:
+        yield
+    except TrainConfigError as e:
+        raise TrainConfigError(f"{variant}: {e}") from e
 
 
 def without_objective(overrides: Sequence[str]) -> list[str]:
@@ -189,7 +324,8 @@ def variant_train(cfg: Mapping[str, Any], settings: SweepSettings, variant: str)
 def plan_variants(cfg: DictConfig | Mapping[str, Any], overrides: Sequence[str] | None = None,
                   config_name: str | None = None) -> tuple[SweepSettings, list[Variant]]:
     """Validate the sweep and compose every variant's config; nothing runs. `overrides` default to the running
-    Hydra app's (pass the same overrides `cfg` was composed with when calling this outside an app)."""
+    Hydra app's (pass the same overrides `cfg` was composed with when calling this outside an app). The
+    evaluation sources are checked here unless the `prepare` data stage, which writes them, is still to run."""
     from ttt_model.objective import ObjectiveConfig
     from ttt_model.train_config import parse_settings
 
@@ -197,17 +333,24 @@ def plan_variants(cfg: DictConfig | Mapping[str, Any], overrides: Sequence[str] 
     app_name, app_overrides = current_overrides()
     config_name = config_name or app_name
     overrides = app_overrides if overrides is None else list(overrides)
-    settings = parse_sweep(plain, known_variants())
+    joins_cluster = bool(plain.get("ray_address") or os.environ.get("RAY_ADDRESS"))
+    settings = parse_sweep(plain, known_variants(), joins_cluster)
+    check_overrides(overrides, settings)
+    if "prepare" not in settings.data_stages:
+        check_eval_sources(merged(plain.get("eval") or {}, settings.eval))
     variants = []
     for variant in settings.variants:
         composed = compose_variant(config_name, overrides, variant)
         composed["train"] = variant_train(composed, settings, variant)
-        parse_settings(composed["train"])  # TrainConfigError: e.g. a typo in sweep.train
+        with _naming(variant):
+            parse_settings(composed["train"])  # TrainConfigError: e.g. a typo in sweep.train
         try:
             ObjectiveConfig.from_mapping(composed[OBJECTIVE_GROUP])
         except ValueError as e:
             raise SweepConfigError(f"objective {variant}: {e}") from e
-        variants.append(Variant(variant, composed))
+        planned = Variant(variant, composed)
+        check_recorded_objective(planned)
+        variants.append(planned)
     return settings, variants
 
 
@@ -229,11 +372,9 @@ def finished_run(plan: RunPlan) -> dict[str, Any] | None:
     """The final.json of a run with nothing left to do (it reached the planned steps and names the run's latest
     checkpoint), else None. workflows/train.py would only restore that checkpoint, but doing so starts a Ray Train
     worker group and loads model and optimizer state on every rank (minutes for a 3B model on 32 GPUs), so a
-    rerun of the sweep skips such variants. Remote storage (s3://...) is always left to workflows/train.py."""
+    rerun of the sweep skips such variants."""
     from workflows.train import FINAL_FILE
 
-    if "://" in plan.storage_path:
-        return None
     try:
         final = json.loads((Path(plan.log_dir) / FINAL_FILE).read_text())
     except (OSError, ValueError):
@@ -244,7 +385,7 @@ def finished_run(plan: RunPlan) -> dict[str, Any] | None:
     return final if done and latest and Path(str(final.get("model"))).is_dir() else None
 
 
-def _data_stage(stage: str, cfg: DictConfig | Mapping[str, Any]) -> None:
+def _data_stage(stage: str, cfg: DictConfig) -> None:
     if stage == "prepare":
         from workflows.prepare_data import run as prepare
 
@@ -267,6 +408,8 @@ def run(cfg: DictConfig | Mapping[str, Any], overrides: Sequence[str] | None = N
     from ttt_model.train_plan import plan_run
     from workflows.train import run as train
 
+    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))  # the data stages read attributes
+    plain = OmegaConf.to_container(cfg, resolve=True)
     settings, variants = plan_variants(cfg, overrides)
     seconds: dict[str, float] = {}
     started = ensure_ray(address=cfg.get("ray_address"))
@@ -275,8 +418,13 @@ def run(cfg: DictConfig | Mapping[str, Any], overrides: Sequence[str] | None = N
             t0 = time.perf_counter()
             _data_stage(stage, cfg)
             seconds[stage] = round(time.perf_counter() - t0, 1)
+        if "prepare" in settings.data_stages:  # plan_variants checked them when no stage writes them
+            check_eval_sources(merged(plain.get("eval") or {}, settings.eval))
         # every variant's full training check (shards, vocabulary, model) before any of them trains
-        plans = {v.name: plan_run(v.config) for v in variants}
+        plans = {}
+        for v in variants:
+            with _naming(v.name):
+                plans[v.name] = plan_run(v.config)
         finals = {}
         for v in variants:
             done = finished_run(plans[v.name])
@@ -286,13 +434,13 @@ def run(cfg: DictConfig | Mapping[str, Any], overrides: Sequence[str] | None = N
                 continue
             t0 = time.perf_counter()
             print(f"sweep: training {v.name} as {v.run_name}", flush=True)
-            finals[v.name] = train(v.config)
+            with _naming(v.name):
+                finals[v.name] = train(v.config)
             seconds[f"train/{v.name}"] = round(time.perf_counter() - t0, 1)
         missing = [name for name, final in finals.items() if not final.get("model")]
         if missing:
             raise RuntimeError(f"sweep: training left no checkpoint for {missing}")
         t0 = time.perf_counter()
-        plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
         table = run_evaluation(eval_config(plain, settings, {n: f["model"] for n, f in finals.items()}),
                                codec_factory=codec_factory)
         seconds["evaluate"] = round(time.perf_counter() - t0, 1)

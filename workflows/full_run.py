@@ -63,7 +63,7 @@ def _report(cfg: DictConfig) -> Any:
 
     sweep = cfg.get("sweep")  # the Table-1 sweep's table (workflows/sweep.py), wherever sweep.root puts it
     return build_report(OmegaConf.to_container(cfg.paths, resolve=True),
-                        sweep_eval_dir=Path(str(sweep.root)) / "eval" if sweep else None)
+                        sweep_eval_dir=Path(str(sweep.root)).expanduser() / "eval" if sweep else None)
 
 
 RUNNERS: dict[str, Callable[[DictConfig], Any]] = {
@@ -86,8 +86,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     from pipelines.ray_runtime import ensure_ray
 
     stages = selected_stages(cfg.get("stages"))
-    # Under `ray job submit` the interpreter is whatever `python` the cluster's PATH gives: say which ran.
-    log.info("stages %s with %s", ", ".join(stages), sys.executable)
+    # Under `ray job submit` the interpreter is whatever `python` the cluster's PATH gives, and the code is the
+    # uploaded working_dir's copy unpacked on the node: say which ran.
+    log.info("stages %s with %s, code %s", ", ".join(stages), sys.executable, Path(__file__).resolve())
     started = ensure_ray(address=cfg.get("ray_address"))
     timings: dict[str, float] = {}
     try:

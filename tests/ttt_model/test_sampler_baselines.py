@@ -9,17 +9,16 @@ restricted the same way, and the blocks every decoder attends with are the train
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from tests.ttt_model import test_sampler as _sampler_tests
 from tests.ttt_model.test_sampler import (
-    TINY,
     assert_fed_the_generation,
-    byte_tokenizer,
     canonical,
     forcing,
     prompts,
@@ -27,10 +26,8 @@ from tests.ttt_model.test_sampler import (
     run_all,
     training_blocks,
 )
-from tokenization.codecs.base import CodecIdentity
 from tokenization.sequence import Part, Turn, build_chat, spans_from_ids, validate_spans
 from tokenization.vocab import EOA, EOA_FINAL, EOA_USER, SOA, SOA_FINAL, UnifiedVocab
-from ttt_model.model import build_model
 from ttt_model.objective import plan_targets
 from ttt_model.sampler import (
     AudioBlock,
@@ -50,23 +47,8 @@ AR = SamplerConfig(block_length=8, steps_per_block=3, max_span=20, max_new_token
 NAR = SamplerConfig(block_length=8, steps_per_block=3, max_span=20, max_new_tokens=60, decode="nar")
 
 
-@pytest.fixture(scope="module")
-def vocab() -> UnifiedVocab:
-    return UnifiedVocab(byte_tokenizer(), CodecIdentity("test", "1", 25.0, 512, 16000, 16000, "h"))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def model(vocab: UnifiedVocab) -> torch.nn.Module:
-    return build_model({"init": "random", "config": TINY, "attn_implementation": "sdpa", "seed": 3},
-                       vocab).to(torch.float64).eval()
+# The sampler tests' module fixtures (the byte vocabulary, one thread, the seed-3 tiny float64 model), shared.
+vocab, one_thread, model = _sampler_tests.vocab, _sampler_tests.one_thread, _sampler_tests.model
 
 
 def recompute(cfg: SamplerConfig) -> SamplerConfig:

@@ -127,15 +127,23 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def load_json(path: Path, what: str) -> tuple[Any, Para | None]:
+    """(the parsed file, None), or (None, a paragraph saying `what` is not available and why): a report is built
+    from whatever result files exist, so a missing or unreadable one becomes a note, never a crash."""
+    try:
+        return json.loads(path.read_text()), None
+    except (OSError, ValueError) as e:
+        return None, Para(f"{what} {NOT_AVAILABLE}: {path} ({e.__class__.__name__}).")
+
+
 # ------------------------------------------------------------------------------------------------ data
 
 def data_section(shards_dir: Path) -> list[Block]:
     blocks: list[Block] = [Heading(2, "Data")]
     manifest_path = shards_dir / "manifest.json"
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError) as e:
-        return [*blocks, Para(f"Shard summary {NOT_AVAILABLE}: {manifest_path} ({e.__class__.__name__}).")]
+    manifest, missing = load_json(manifest_path, "Shard summary")
+    if missing:
+        return [*blocks, missing]
     counts = manifest.get("counts", {})
     total = counts.get("total", {})
     codec = manifest.get("codec", {}) if isinstance(manifest.get("codec"), Mapping) else {}
@@ -299,10 +307,9 @@ def training_section(metric_dirs: Sequence[Path], plots_dir: Path, report_dir: P
 def evaluation_section(eval_dir: Path) -> list[Block]:
     blocks: list[Block] = [Heading(2, "Evaluation (paper Table 1 shape)")]
     table_path = eval_dir / "table.json"
-    try:
-        table = json.loads(table_path.read_text())
-    except (OSError, ValueError) as e:
-        return [*blocks, Para(f"Evaluation table {NOT_AVAILABLE}: {table_path} ({e.__class__.__name__}).")]
+    table, missing = load_json(table_path, "Evaluation table")
+    if missing:
+        return [*blocks, missing]
     return [*blocks, *table_blocks(eval_dir, table)]
 
 
@@ -313,10 +320,9 @@ def sweep_section(sweep_eval_dir: Path) -> list[Block]:
     if not table_path.exists():
         return []
     blocks: list[Block] = [Heading(2, "Sweep (Table 1)")]
-    try:
-        table = json.loads(table_path.read_text())
-    except (OSError, ValueError) as e:
-        return [*blocks, Para(f"Sweep table {NOT_AVAILABLE}: {table_path} ({e.__class__.__name__}).")]
+    table, missing = load_json(table_path, "Sweep table")
+    if missing:
+        return [*blocks, missing]
     blocks.append(Para(f"From {table_path}: each objective variant trained on this run's shards with the same "
                        "settings (python workflows/sweep.py), then evaluated on the same items."))
     return [*blocks, *table_blocks(sweep_eval_dir, table)]

@@ -44,6 +44,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from tests.workflows.test_prepare_data import TINY
+
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent  # the interpreter running the tests: the repository's venv under `make test`
 RAY_CLI = str(VENV_BIN / "ray")
@@ -52,19 +54,12 @@ RAY_CLI = str(VENV_BIN / "ray")
 # seconds on 2 cores; tests/workflows/test_prepare_data.py covers it). Written as a config group file and found
 # through hydra.searchpath, the way a user adds a size of their own without editing the repository.
 TINY_PREPARE: dict[str, Any] = {
-    "workers": 2,
-    "textgen": {"heldout_fraction": 0.2, "max_operand": 5, "max_factor": 4, "max_count": 20,
-                "documents_state_heldout_facts": True},
+    **TINY,
+    "textgen": {**TINY["textgen"], "heldout_fraction": 0.2, "documents_state_heldout_facts": True},
     "speakers": {"en": [{"voice": "espeak:en", "gender": "male"}, {"voice": "espeak:en", "speed": 1.1}],
                  "zh": [{"voice": "espeak:cmn"}]},
-    "librispeech": {"train-clean-100": 2, "test-clean": 1},
-    "commonvoice": {"en": {"header": "new", "train": 2, "test": 1}, "zh-CN": {"header": "old", "train": 1, "dev": 1}},
-    "aishell2": {"train": 2, "test": 1},
-    "lhotse": {"train": 1, "test": 1},
-    "spoken_qa": {"train": {"llama_questions": 2, "trivia_qa": 1}, "eval": {"llama_questions": 1, "trivia_qa": 2}},
     "chat": 2,
     "documents": 1,
-    "codec_fit_seconds_per_voice": 4,
 }
 # A codec small enough to fit on seconds of audio; speech for text-only records from espeak too.
 TINY_OVERRIDES = ("++codec.codebook_sizes=[16,16]", "++codec.kmeans_iterations=3", "data.tts.voice=espeak:en",

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 # Python puts the script's own directory first on sys.path; it must go, because workflows/tokenize.py there
 # would shadow the standard library's `tokenize`. The repository root takes its place.
@@ -56,9 +56,6 @@ from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-if TYPE_CHECKING:
-    from ttt_model.train_plan import RunPlan
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 OBJECTIVE_GROUP = "objective"
@@ -368,23 +365,6 @@ def eval_config(cfg: Mapping[str, Any], settings: SweepSettings, checkpoints: Ma
 
 # ------------------------------------------------------------------------------------------------- run
 
-def finished_run(plan: RunPlan) -> dict[str, Any] | None:
-    """The final.json of a run with nothing left to do (it reached the planned steps and names the run's latest
-    checkpoint), else None. workflows/train.py would only restore that checkpoint, but doing so starts a Ray Train
-    worker group and loads model and optimizer state on every rank (minutes for a 3B model on 32 GPUs), so a
-    rerun of the sweep skips such variants."""
-    from workflows.train import FINAL_FILE
-
-    try:
-        final = json.loads((Path(plan.log_dir) / FINAL_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    checkpoints = sorted(p for p in (Path(plan.storage_path) / plan.settings.name).glob("checkpoint_*") if p.is_dir())
-    done = final.get("total_steps") == plan.total_steps and (final.get("metrics") or {}).get("step") == plan.total_steps
-    latest = bool(checkpoints) and str(checkpoints[-1]) == str(final.get("checkpoint"))
-    return final if done and latest and Path(str(final.get("model"))).is_dir() else None
-
-
 def _data_stage(stage: str, cfg: DictConfig) -> None:
     if stage == "prepare":
         from workflows.prepare_data import run as prepare
@@ -406,6 +386,7 @@ def run(cfg: DictConfig | Mapping[str, Any], overrides: Sequence[str] | None = N
     from pipelines.eval.jobs import TABLE_JSON, TABLE_MD, run_evaluation
     from pipelines.ray_runtime import ensure_ray
     from ttt_model.train_plan import plan_run
+    from workflows.train import finished_run
     from workflows.train import run as train
 
     cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))  # the data stages read attributes

@@ -77,6 +77,21 @@ def build_trainer(plan: RunPlan) -> Any:
     )
 
 
+def finished_run(plan: RunPlan) -> dict[str, Any] | None:
+    """The final.json of a run with nothing left to do (it reached the planned steps and names the run's latest
+    checkpoint), else None. Training it again would only restore that checkpoint, but doing so starts a Ray Train
+    worker group and loads model and optimizer state on every rank (minutes for a 3B model on 32 GPUs), so `run`
+    returns this instead (full_run's train stage and the sweep's finished variants)."""
+    try:
+        final = json.loads((Path(plan.log_dir) / FINAL_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    checkpoints = sorted(p for p in (Path(plan.storage_path) / plan.settings.name).glob("checkpoint_*") if p.is_dir())
+    done = final.get("total_steps") == plan.total_steps and (final.get("metrics") or {}).get("step") == plan.total_steps
+    latest = bool(checkpoints) and str(checkpoints[-1]) == str(final.get("checkpoint"))
+    return final if done and latest and Path(str(final.get("model"))).is_dir() else None
+
+
 def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """Plan (all checks), train, and record the final checkpoint; returns what final.json holds."""
     plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
@@ -85,6 +100,9 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     from ttt_model.train_plan import plan_run
 
     plan = plan_run(plain)
+    done = finished_run(plan)
+    if done is not None:
+        return done
     owns_ray = init_ray(plan.settings.ray)
     try:
         result = build_trainer(plan).fit()

@@ -34,7 +34,8 @@ from tokenization.vocab_factory import make_vocab
 from ttt_model.checkpoint import OBJECTIVE_FILE
 from ttt_model.train_config import TrainConfigError
 from ttt_model.train_plan import plan_run
-from workflows.sweep import SweepConfigError, finished_run, plan_variants, run, without_objective
+from workflows.sweep import SweepConfigError, plan_variants, run, without_objective
+from workflows.train import finished_run
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "workflows" / "conf"

@@ -427,11 +427,11 @@ def _codes(blobs: Sequence[bytes]) -> list[np.ndarray]:
 
 
 def build_rows(batch: pa.Table, *, text_tokenizer: str, codec_identity: Mapping[str, Any],
-               layout: str) -> pa.Table:
+               layout: str, text_subset: Sequence[int] = ()) -> pa.Table:
     """Text tokenize + task builder + span validation for each ok row -> STAGED_SCHEMA (one row per
-    record, whatever its status)."""
+    record, whatever its status). `text_subset`: the corpus-sized text vocabulary's base ids (or empty)."""
     identity = CodecIdentity(**codec_identity)
-    vocab = make_vocab(text_tokenizer, identity, layout)
+    vocab = make_vocab(text_tokenizer, identity, layout, tuple(text_subset))
     st = _Status(batch)
     rows = batch.select(["record_id", "kind", "task", "language", "text", "messages_json", "meta_json",
                          "has_audio", "audio_codes", "speech_codes", "input_seconds", "speech_seconds"]).to_pylist()

@@ -37,7 +37,7 @@ import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,7 @@ from pipelines.shards import (
     write_quarantine_part,
     write_wds_shard,
 )
+from pipelines.text_vocab import TEXT_VOCABS, corpus_text_tokenizer
 from tokenization.codecs.base import CodecIdentity
 from tokenization.vocab import UnifiedVocab, read_manifest, write_manifest
 
@@ -89,6 +90,8 @@ class JobSettings:
     codec: Mapping[str, Any]
     text_tokenizer: str = "bundled:qwen"
     layout: str = "compact"
+    text_vocab: str = "full"  # full | corpus (pipelines.text_vocab)
+    text_subset: tuple[int, ...] = ()  # set by run_tokenize_job when text_vocab is corpus
     max_seconds: float = 30.0
     too_long: str = "split"
     tts_voice: str = "piper:joe"
@@ -177,6 +180,7 @@ def settings_from_config(cfg: Mapping[str, Any]) -> JobSettings:
         codec=codec,
         text_tokenizer=str(data.get("text_tokenizer") or defaults.text_tokenizer),
         layout=str(data.get("vocab_layout") or defaults.layout),
+        text_vocab=str(data.get("text_vocab") or defaults.text_vocab),
         max_seconds=float(audio.get("max_seconds", defaults.max_seconds)),
         too_long=str(audio.get("too_long", defaults.too_long)),
         tts_voice=str(tts.get("voice", defaults.tts_voice)),
@@ -204,6 +208,11 @@ def settings_from_config(cfg: Mapping[str, Any]) -> JobSettings:
         force=bool(cfg.get("force", False)),
     )
     problems = []
+    if s.text_vocab not in TEXT_VOCABS:
+        problems.append(f"data.text_vocab must be one of {'|'.join(TEXT_VOCABS)}, got {s.text_vocab!r}")
+    elif s.text_vocab == "corpus" and s.layout != "compact":
+        problems.append("data.text_vocab=corpus needs data.vocab_layout=compact (the reference layout fixes "
+                        "the full Qwen ids)")
     if s.too_long not in ("split", "quarantine"):
         problems.append(f"data.audio.too_long must be split|quarantine, got {s.too_long!r}")
     for name in ("max_seconds", "tts_max_chars", "tts_pool", "tts_memory_mb", "encode_pool", "encode_memory_mb",
@@ -338,7 +347,7 @@ def stage_records(settings: JobSettings, units: Sequence[Sequence[str]], identit
                                                "max_batch_seconds": settings.encode_max_batch_seconds})
     ds = ds.map_batches(build_rows, batch_size=block, batch_format="pyarrow",
                         fn_kwargs={"text_tokenizer": settings.text_tokenizer, "codec_identity": identity.to_dict(),
-                                   "layout": settings.layout})
+                                   "layout": settings.layout, "text_subset": list(settings.text_subset)})
     ds.write_datasink(StagingSink(str(layout.rows), settings.staging_rows_per_file))
     layout.rows_done.touch()
     return len(done)
@@ -615,13 +624,19 @@ class JobReport:
 def run_tokenize_job(cfg: Mapping[str, Any]) -> JobReport:
     """Run (or resume, or recognise as done) the tokenize job for a full config."""
     from tokenization.codecs import build_codec
+    from tokenization.text import load_text_tokenizer
     from tokenization.vocab_factory import make_vocab
 
     settings = settings_from_config(cfg)
     units = plan_sources(settings.sources)
     try:
         identity = build_codec(settings.codec).identity
-        vocab = make_vocab(settings.text_tokenizer, identity, settings.layout)
+        if settings.text_vocab == "corpus":
+            text = corpus_text_tokenizer(load_text_tokenizer(settings.text_tokenizer), settings.sources)
+            settings = replace(settings, text_subset=text.base_ids)
+            log.info("text vocabulary sized to the corpus: %d of %d text ids", text.vocab_size,
+                     load_text_tokenizer(settings.text_tokenizer).vocab_size)
+        vocab = make_vocab(settings.text_tokenizer, identity, settings.layout, settings.text_subset)
     except (ValueError, FileNotFoundError, OSError) as e:
         raise JobConfigError(f"cannot build the vocabulary (codec {settings.codec.get('kind')!r}, text tokenizer "
                              f"{settings.text_tokenizer!r}): {e}") from e

@@ -35,6 +35,9 @@ class TextTokenizer:
     tokenizer: Tokenizer
     name: str
     sha256: str  # of tokenizer.json: any change of merges, vocab or added tokens changes it
+    # A corpus subset (tokenization.text_subset): base_ids[i] is the base tokenizer's id of id i; () = the base.
+    base_ids: tuple[int, ...] = ()
+    base_sha256: str = ""
 
     @property
     def vocab_size(self) -> int:

@@ -233,12 +233,20 @@ class UnifiedVocab:
         return "".join(parts)
 
     # ---- manifest -------------------------------------------------------------------------------
+    def _text_entry(self) -> dict[str, Any]:
+        """The text tokenizer's identity; a corpus subset also records its base and the id mapping, which is
+        all that `text_subset.from_manifest_entry` needs to rebuild it from the base tokenizer."""
+        entry: dict[str, Any] = {"name": self.text.name, "sha256": self.text.sha256,
+                                 "vocab_size": self.text_vocab_size}
+        if self.text.base_ids:
+            entry.update(base_sha256=self.text.base_sha256, base_ids=list(self.text.base_ids))
+        return entry
+
     def manifest(self) -> dict[str, Any]:
         return {
             "format": MANIFEST_FORMAT,
             "layout": self.layout,
-            "text_tokenizer": {"name": self.text.name, "sha256": self.text.sha256,
-                               "vocab_size": self.text_vocab_size},
+            "text_tokenizer": self._text_entry(),
             "codec": self.codec.to_dict(),
             "audio_offset": self.audio_offset,
             "codebook_size": self.codebook_size,

@@ -13,6 +13,7 @@ from typing import Any
 
 from tokenization.codecs.base import CodecIdentity
 from tokenization.text import BUNDLED, load_text_tokenizer
+from tokenization.text_subset import subset_tokenizer
 from tokenization.vocab import UnifiedVocab
 
 DEFAULT_LAYOUT = "compact"
@@ -25,9 +26,21 @@ def vocab_settings(cfg: Mapping[str, Any]) -> tuple[str, str]:
 
 
 @lru_cache(maxsize=8)
-def make_vocab(text_tokenizer: str, identity: CodecIdentity, layout: str) -> UnifiedVocab:
-    """One vocabulary per (tokenizer, codec identity, layout) and process: Ray workers call this per batch."""
-    return UnifiedVocab(load_text_tokenizer(text_tokenizer), identity, layout=layout)
+def make_vocab(text_tokenizer: str, identity: CodecIdentity, layout: str,
+               text_subset: tuple[int, ...] = ()) -> UnifiedVocab:
+    """One vocabulary per (tokenizer, codec identity, layout, text subset) and process: Ray workers call this
+    per batch. `text_subset`: the base ids a corpus-sized text vocabulary keeps (tokenization.text_subset);
+    empty = the whole tokenizer."""
+    text = load_text_tokenizer(text_tokenizer)
+    if text_subset:
+        text = subset_tokenizer(text, text_subset)
+    return UnifiedVocab(text, identity, layout=layout)
+
+
+def manifest_subset(manifest: Mapping[str, Any]) -> tuple[int, ...]:
+    """The text subset a vocabulary manifest records (empty for the whole tokenizer): how shards and
+    checkpoints hand their text vocabulary to training and inference."""
+    return tuple(int(i) for i in (manifest.get("text_tokenizer") or {}).get("base_ids") or ())
 
 
 def build_vocab(cfg: Mapping[str, Any], codec_identity: CodecIdentity | None = None) -> UnifiedVocab:
@@ -43,4 +56,4 @@ def build_vocab(cfg: Mapping[str, Any], codec_identity: CodecIdentity | None = N
     return make_vocab(text_tokenizer, codec_identity, layout)
 
 
-__all__ = ["DEFAULT_LAYOUT", "build_vocab", "make_vocab", "vocab_settings"]
+__all__ = ["DEFAULT_LAYOUT", "build_vocab", "make_vocab", "manifest_subset", "vocab_settings"]

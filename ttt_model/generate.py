@@ -32,7 +32,7 @@ from tokenization.codecs.base import AudioCodec
 from tokenization.sequence import Part, Turn, build_chat
 from tokenization.text import BUNDLED
 from tokenization.vocab import UnifiedVocab, check_compatible, read_manifest
-from tokenization.vocab_factory import make_vocab
+from tokenization.vocab_factory import make_vocab, manifest_subset
 from ttt_model.checkpoint import MANIFEST_FILE, load_checkpoint, load_objective
 from ttt_model.sampler import (
     AudioBlock,
@@ -111,7 +111,8 @@ class SpeechLM:
         """Load `checkpoint` (HF safetensors + vocab_manifest.json) for inference with `codec`.
 
         `text_tokenizer` is the tokenizer the checkpoint's data was tokenized with (the bundled Qwen BPE by
-        default); its hash, like the codec identity, must match the manifest.
+        default), or the base of its corpus-sized subset (whose id mapping the manifest records); its hash, like
+        the codec identity, must match the manifest.
         """
         ckpt = Path(checkpoint).expanduser()
         if not ckpt.is_dir():
@@ -120,7 +121,8 @@ class SpeechLM:
             raise FileNotFoundError(f"{ckpt} has no {MANIFEST_FILE}: not a TtT checkpoint (train one, or pass "
                                     "the directory save_checkpoint wrote)")
         manifest = read_manifest(ckpt / MANIFEST_FILE)
-        vocab = make_vocab(text_tokenizer, codec.identity, str(manifest.get("layout", "compact")))
+        vocab = make_vocab(text_tokenizer, codec.identity, str(manifest.get("layout", "compact")),
+                           manifest_subset(manifest))
         check_compatible(vocab.manifest(), manifest, what=f"checkpoint {ckpt} (with codec "
                                                           f"{codec.identity.name} and tokenizer {text_tokenizer})")
         # checked above with a message naming codec and tokenizer; the sampler's masks need sdpa

@@ -182,6 +182,8 @@ def _pretrained_model(cfg: Mapping[str, Any], arch: Mapping[str, Any], vocab: Un
     if model.get_input_embeddings().weight.shape[0] < n_trained:
         raise ValueError(f"{path}: embedding has {model.get_input_embeddings().weight.shape[0]} rows, fewer than "
                          f"the text tokenizer's {n_trained} ids; is this the checkpoint of that tokenizer?")
+    if vocab.text.base_ids:
+        _select_text_rows(model, vocab.text.base_ids)
     model.resize_token_embeddings(vocab.padded_size(), mean_resizing=False)
     rows = cfg.get("new_rows") or {}
     heads = [model.get_input_embeddings().weight]
@@ -192,6 +194,20 @@ def _pretrained_model(cfg: Mapping[str, Any], arch: Mapping[str, Any], vocab: Un
                       float(rows.get("special_noise", 1.0)))
     model.config.eos_token_id = vocab.eos_id
     return model
+
+
+def _select_text_rows(model: Qwen2ForCausalLM, base_ids: tuple[int, ...]) -> None:
+    """A corpus-sized text vocabulary (tokenization.text_subset): row i becomes the pretrained row of base id
+    base_ids[i], so every kept token keeps its pretrained embedding (and output row when untied)."""
+    index = torch.tensor(base_ids, dtype=torch.long)
+    rows = [model.get_input_embeddings().weight.detach()[index].clone()]
+    if not model.config.tie_word_embeddings:
+        rows.append(model.get_output_embeddings().weight.detach()[index].clone())
+    model.resize_token_embeddings(len(base_ids), mean_resizing=False)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.copy_(rows[0])
+        if len(rows) > 1:
+            model.get_output_embeddings().weight.copy_(rows[1])
 
 
 def _check_shape(config: Qwen2Config, arch: Mapping[str, Any], path: Path) -> None:

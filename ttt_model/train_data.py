@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 from pipelines.shards import MANIFEST_FILE, PARQUET_DIR, read_vocab_manifest
 from tokenization.codecs.base import CodecIdentity
 from tokenization.vocab import UnifiedVocab, VocabMismatchError, check_compatible, read_manifest
-from tokenization.vocab_factory import make_vocab
+from tokenization.vocab_factory import make_vocab, manifest_subset
 from ttt_model.train_config import TrainConfigError, TrainSettings
 
 READ_COLUMNS = ("sample_id", "input_ids", "spans")  # all the collator needs; the rest of a shard row stays on disk
@@ -99,8 +99,10 @@ def discover_shards(shards_dir: str | Path, max_tokens: int, count_tokens: bool)
 def training_vocab(text_tokenizer: str, layout: str, shards_manifest: Mapping[str, Any]) -> UnifiedVocab:
     """The vocabulary a run trains with: the configured text tokenizer and id layout, and the codec identity
     recorded in the shards (training needs no codec weights, and the driver of a cluster run may have no GPU
-    to load them on). `check_compatible` against the shards then catches a different tokenizer or layout."""
-    return make_vocab(text_tokenizer, CodecIdentity(**shards_manifest["codec"]), layout)
+    to load them on), and the shards' text subset when their text vocabulary is sized to the corpus.
+    `check_compatible` against the shards then catches a different tokenizer or layout."""
+    return make_vocab(text_tokenizer, CodecIdentity(**shards_manifest["codec"]), layout,
+                      manifest_subset(shards_manifest))
 
 
 def check_vocab(vocab: UnifiedVocab, manifest: Mapping[str, Any], what: str) -> None:

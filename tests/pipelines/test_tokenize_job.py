@@ -357,3 +357,39 @@ def test_encode_stage_quarantines_only_rows_the_codec_rejects(codec_cfg: dict[st
     assert out[0]["status"] == q.OK and len(out[0]["audio_codes"][0]) > 0
     assert (out[1]["status"], out[1]["stage"], out[1]["error"]) == (q.QUARANTINE, "encode", q.ENCODE_FAILED)
     assert "empty" in out[1]["detail"]
+
+
+def test_corpus_text_vocab_gives_the_same_samples_in_fewer_ids(reference: Run, tmp_path: Path) -> None:
+    """data.text_vocab=corpus: every sample means exactly what it means under the full Qwen vocabulary (same
+    inline string, same span table, same token count), the shards' manifest carries the id mapping, and
+    training/inference rebuild the vocabulary from that manifest alone."""
+    from pipelines.tokenize_job import run_tokenize_job
+    from tokenization.codecs import build_codec
+    from tokenization.vocab_factory import make_vocab, manifest_subset
+
+    config = {**reference.config, "paths": {"shards": str(tmp_path / "shards")},
+              "data": {**reference.config["data"], "text_vocab": "corpus"}}
+    report = run_tokenize_job(config)
+    manifest = report.manifest
+    identity = build_codec(config["codec"]).identity
+    full = make_vocab("bundled:qwen", identity, "compact")
+    small = make_vocab("bundled:qwen", identity, "compact", manifest_subset(manifest))
+    assert 300 < small.text_vocab_size < full.text_vocab_size // 50
+    assert small.size == manifest["vocab_size"] and manifest["text_tokenizer"]["base_ids"]
+    assert manifest["counts"]["total"] == reference.report.manifest["counts"]["total"]
+    ours = {r["sample_id"]: r for r in pq.read_table(tmp_path / "shards" / "parquet").to_pylist()}
+    theirs = {r["sample_id"]: r for r in pq.read_table(reference.shards / "parquet").to_pylist()}
+    assert ours.keys() == theirs.keys()
+    for sample_id, row in ours.items():
+        other = theirs[sample_id]
+        assert small.to_mixed_string(row["input_ids"]) == full.to_mixed_string(other["input_ids"]), sample_id
+        assert row["spans"] == other["spans"] and row["n_tokens"] == other["n_tokens"]
+
+
+def test_corpus_text_vocab_needs_the_compact_layout(tmp_path: Path) -> None:
+    data = {"sources": [{"kind": "lhotse", "path": "."}], "text_vocab": "corpus", "vocab_layout": "reference"}
+    with pytest.raises(JobConfigError, match="vocab_layout=compact"):
+        settings_from_config({"paths": {"shards": str(tmp_path)}, "codec": {"kind": "embedded"}, "data": data})
+    with pytest.raises(JobConfigError, match=r"full\|corpus"):
+        settings_from_config({"paths": {"shards": str(tmp_path)}, "codec": {"kind": "embedded"},
+                              "data": {**data, "text_vocab": "tiny", "vocab_layout": "compact"}})

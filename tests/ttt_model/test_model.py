@@ -13,6 +13,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from tokenization.codecs.base import CodecIdentity
 from tokenization.sequence import Part, Turn, build_chat, spans_to_pylist
 from tokenization.text import load_text_tokenizer
+from tokenization.text_subset import corpus_subset
 from tokenization.vocab import UnifiedVocab, VocabMismatchError
 from ttt_model.batch import TtTCollator
 from ttt_model.checkpoint import save_checkpoint
@@ -154,6 +155,19 @@ def test_pretrained_base_llm_is_resized_and_new_rows_initialised(vocab: UnifiedV
         assert torch.equal(weight[rest], mu.expand(int(rest.sum()), 64))  # gaps/padding: the mean exactly
         assert z[vocab.mask_id - n_text].norm() > 3 * z_audio.norm(dim=1).max()  # [M] stands out from codes
     assert model.config.vocab_size == rows and model.config.eos_token_id == vocab.eos_id
+
+
+def test_pretrained_base_llm_keeps_its_rows_under_a_corpus_text_vocab(vocab: UnifiedVocab, tmp_path: Path) -> None:
+    """data.text_vocab=corpus: text row i of the model is the pretrained row of base id base_ids[i]."""
+    base = _fake_base_llm(tmp_path, vocab, tied=False)
+    text = corpus_subset(load_text_tokenizer(), ["Transcribe this audio.", "the old cat sat"])
+    small = UnifiedVocab(text, CodecIdentity("test", "1", 25.0, 512, 16000, 16000, "h"))
+    model = build_model({"init": "pretrained", "path": str(tmp_path), "config": {"hidden_size": 64}}, small)
+    index = torch.tensor(text.base_ids)
+    n_text = small.text_vocab_size
+    assert model.get_input_embeddings().weight.shape == (small.padded_size(), 64)
+    assert torch.equal(model.get_input_embeddings().weight[:n_text], base.get_input_embeddings().weight[index])
+    assert torch.equal(model.get_output_embeddings().weight[:n_text], base.get_output_embeddings().weight[index])
 
 
 def test_pretrained_shape_mismatch_is_refused(vocab: UnifiedVocab, tmp_path: Path) -> None:

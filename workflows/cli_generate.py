@@ -1,12 +1,20 @@
-"""`ttt generate`: answer a spoken and/or written question with a TtT checkpoint. Prints the text answer
-(stdout), writes the speech, reports timings (stderr): first text token, first audio block, first audio,
-total, audio tokens/s.
+"""`ttt generate`: answer a spoken and/or written question with a TtT checkpoint, or use it as a recogniser
+(`--task asr`) or a synthesiser (`--task tts`). Prints the text answer (stdout), writes the speech, reports
+timings (stderr): first text token, first audio block, first audio, total, audio tokens/s.
 
-    ttt generate --checkpoint runs/local/checkpoints/final --codec-path runs/local/codec \\
-        --audio question.wav --out-wav answer.wav
-    ttt generate --checkpoint ckpt --codec-config glm4voice_local.yaml --text "What is 3 plus 4?" \\
+On a finished `make run` (the run under runs/local: its latest checkpoint and its fitted codec are found):
+
+    ttt generate --task asr --audio runs/local/raw/LibriSpeech/test-clean/1/1/1-1-0000.flac
+    ttt generate --task tts --text "the small dog sees a red ball" --out-wav speech.wav
+    ttt generate --audio runs/local/raw/spoken_qa/eval/eval_datas/llama_questions/audios/llama_questions_0000.wav \
+        --out-wav answer.wav
+
+Elsewhere, name the run (`--run DIR`) or the checkpoint and codec themselves:
+
+    ttt generate --checkpoint ckpt/model --codec-config glm4voice_local.yaml --text "What is 3 plus 4?" \
         --out-wav answer.wav --steps 5 --temperature 0.7 --top-p 0.9
 
+`--task asr` and `--task tts` send the instruction the model was trained with (pipelines/tasks.py PROMPTS).
 Sampler settings start from workflows/conf/sampler/default.yaml (or --sampler-config) and the flags
 override them. The decoder follows the checkpoint's training objective unless --decode names one (ttt: AR text
 + diffusion spans; ar / nar: the Table-1 baselines' decoders). Bad input (missing or unreadable audio, empty or
@@ -24,18 +32,27 @@ from typing import Any
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 DEFAULT_SAMPLER = CONF_DIR / "sampler" / "default.yaml"
+DEFAULT_RUN = "runs/local"  # paths.root of the embedded default (workflows/conf/paths/local.yaml)
+TASKS = ("chat", "asr", "tts")
 
 
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "generate", help="speech/text in, text + speech out with a TtT checkpoint",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, metavar="DIR", help="TtT checkpoint (safetensors + vocab manifest)")
-    codec = p.add_mutually_exclusive_group(required=True)
+    p.add_argument("--run", metavar="DIR", default=DEFAULT_RUN,
+                   help=f"a run's root (paths.root, default {DEFAULT_RUN}): its latest checkpoint and its codec "
+                        "are used unless --checkpoint / --codec-* name others")
+    p.add_argument("--checkpoint", metavar="DIR", help="TtT checkpoint (safetensors + vocab manifest), or a "
+                                                        "directory above checkpoints (the latest one is used)")
+    codec = p.add_mutually_exclusive_group()
     codec.add_argument("--codec-path", metavar="DIR", help="a fitted embedded codec directory")
     codec.add_argument("--codec-config", metavar="YAML", help="a codec config group file (kind + its fields)")
+    p.add_argument("--task", choices=TASKS, default="chat",
+                   help="chat: answer --audio/--text; asr: transcribe --audio; tts: speak --text")
+    p.add_argument("--language", default="en", help="language of the asr/tts instruction (en | zh)")
     p.add_argument("--audio", metavar="WAV", help="the spoken question (wav/flac/mp3/ogg)")
-    p.add_argument("--text", help="the written question (or text before the audio)")
+    p.add_argument("--text", help="the written question (or text before the audio); with --task tts, the text")
     p.add_argument("--system", help="an optional system message")
     p.add_argument("--out-wav", metavar="PATH", help="where to write the spoken answer")
     p.add_argument("--out-json", metavar="PATH", help="also write text, timings and codes as JSON")
@@ -74,8 +91,42 @@ def sampler_settings(args: argparse.Namespace) -> dict[str, Any]:
     return cfg
 
 
+def checkpoint_dir(args: argparse.Namespace) -> Path:
+    """--checkpoint (a model directory or one above checkpoints), else the latest checkpoint of --run."""
+    from pipelines.eval.jobs import resolve_checkpoint
+
+    if args.checkpoint:
+        return resolve_checkpoint(args.checkpoint)
+    run = Path(args.run).expanduser()
+    if not (run / "checkpoints").is_dir():
+        raise FileNotFoundError(f"no checkpoints under {run} (finish `make run` first, or pass --run DIR / "
+                                "--checkpoint DIR)")
+    return resolve_checkpoint(run / "checkpoints")
+
+
+def user_message(args: argparse.Namespace, audio: Any) -> tuple[str | None, Any]:
+    """(text, audio) of the user turn: as given for chat, or the trained instruction for asr/tts."""
+    from pipelines.tasks import PROMPTS
+
+    if args.task == "asr":
+        if audio is None:
+            raise ValueError("--task asr needs --audio")
+        return PROMPTS["asr"].get(args.language, PROMPTS["asr"]["en"])[0], audio
+    if args.task == "tts":
+        if not (args.text and args.text.strip()) or audio is not None:
+            raise ValueError("--task tts needs --text and no --audio")
+        return PROMPTS["tts"].get(args.language, PROMPTS["tts"]["en"])[0].format(text=args.text.strip()), None
+    return args.text, audio
+
+
 def load_codec(args: argparse.Namespace) -> Any:
-    """The codec named on the command line: an embedded codec directory, or a codec config file."""
+    """The codec named on the command line (an embedded codec directory, or a codec config file), else the
+    embedded codec the run fitted (<run>/codec/embedded)."""
+    if not (args.codec_path or args.codec_config):
+        fitted = Path(args.run).expanduser() / "codec" / "embedded"
+        if not fitted.exists():
+            raise FileNotFoundError(f"no fitted codec at {fitted}: pass --codec-path DIR or --codec-config YAML")
+        args.codec_path = str(fitted)
     if args.codec_path:
         path = Path(args.codec_path).expanduser()
         if not path.exists():
@@ -106,10 +157,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = SamplerConfig.from_mapping(sampler_settings(args))
         audio = read_audio(args.audio) if args.audio else None  # bad audio fails before the model loads
-        lm = SpeechLM.load(args.checkpoint, load_codec(args), text_tokenizer=args.text_tokenizer,
+        text, audio = user_message(args, audio)
+        lm = SpeechLM.load(checkpoint_dir(args), load_codec(args), text_tokenizer=args.text_tokenizer,
                            device=args.device, dtype=args.dtype)
         messages = [Message("system", text=args.system)] if args.system else []
-        messages.append(Message("user", text=args.text, audio=audio))
+        messages.append(Message("user", text=text, audio=audio))
         result = answer(lm, messages, cfg)
     except (OSError, ValueError, ImportError) as e:  # FileNotFoundError: OSError; VocabMismatchError: ValueError;
         return _fail(str(e))  # ImportError: a codec whose optional dependencies are not installed

@@ -127,3 +127,34 @@ def test_bad_input_is_a_clear_error(env: dict, tmp_path: Path, capsys: pytest.Ca
     assert generate(env, *argv, **kwargs) == 2
     out, err = capsys.readouterr()
     assert err.startswith("ttt generate: ") and message in err and out == ""
+
+
+def test_run_directory_gives_the_latest_checkpoint(env: dict, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(env["ckpt"], run / "checkpoints" / "ttt-cpu" / "checkpoint_000001" / "model")
+    args = parse(["--run", str(run), "--codec-config", str(env["codec"]), "--text-tokenizer", str(env["tokenizer"]),
+                  "--block-length", "4", "--steps", "2", "--max-span", "12", "--audio", str(env["wav"])])
+    assert args.func(args) == 0
+    assert capsys.readouterr().out == "OK\n"
+    args = parse(["--run", str(tmp_path / "elsewhere"), "--text", "hi"])
+    assert args.func(args) == 2
+    assert "no checkpoints under" in capsys.readouterr().err
+
+
+def test_asr_and_tts_send_the_trained_instructions() -> None:
+    from pipelines.tasks import PROMPTS
+
+    wav = (torch.zeros(8).numpy(), 16000)
+    text, audio = cli_generate.user_message(parse(["--task", "asr", "--audio", "q.wav"]), wav)
+    assert text == PROMPTS["asr"]["en"][0] and audio is wav
+    text, audio = cli_generate.user_message(parse(["--task", "tts", "--text", " a red ball "]), None)
+    assert text == PROMPTS["tts"]["en"][0].format(text="a red ball") and audio is None
+    assert cli_generate.user_message(parse(["--task", "tts", "--language", "zh", "--text", "你好"]), None)[0] == \
+        PROMPTS["tts"]["zh"][0].format(text="你好")
+    with pytest.raises(ValueError, match="needs --audio"):
+        cli_generate.user_message(parse(["--task", "asr"]), None)
+    with pytest.raises(ValueError, match="needs --text"):
+        cli_generate.user_message(parse(["--task", "tts"]), None)

@@ -177,7 +177,7 @@ class CachedBackend:
             input_ids=ids.to(device),
             position_ids=positions,
             attention_mask=dict.fromkeys(self.model.config.layer_types, mask),
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
         ).last_hidden_state
         cache.commit(rows, [len(c) if c.commit else 0 for c in chunks])

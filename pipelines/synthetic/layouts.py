@@ -159,7 +159,7 @@ def librispeech(root: Path, subsets: Mapping[str, Sequence[Spoken]], utterances_
                     utt = f"{spk}-{chap}-{n:04d}"
                     trans.append((utt, _check_field(librispeech_transcript(it.text), utt)))
                     jobs.append(SynthesisJob(str(chap_dir / f"{utt}.flac"), (it.text,), it.speaker.voice,
-                                             it.speaker.speed, LIBRISPEECH_SAMPLE_RATE, _split_of(subset)))
+                                             it.speaker.speed, LIBRISPEECH_SAMPLE_RATE, split_of(subset)))
 
     def write(_: Mapping[str, SynthesisResult]) -> None:
         for path, lines in chapters.items():
@@ -168,7 +168,8 @@ def librispeech(root: Path, subsets: Mapping[str, Sequence[Spoken]], utterances_
     return CorpusPlan(name, "librispeech", root, "en", jobs, write, {k: len(v) for k, v in subsets.items()})
 
 
-def _split_of(subset: str) -> str:
+def split_of(subset: str) -> str:
+    """The split a subset/part name belongs to (train-clean-100 -> train, test-clean -> test)."""
     for split in ("train", "dev", "test"):
         if subset.startswith(split):
             return split
@@ -276,7 +277,7 @@ def lhotse_manifests(root: Path, parts: Mapping[str, Sequence[Sequence[Spoken]]]
             spk = sentences[0].speaker
             recordings.setdefault(part, []).append((rec_id, path, f"{prefix}-{part}-spk{spk_ids[spk]:03d}", sentences))
             jobs.append(SynthesisJob(path, tuple(s.text for s in sentences), spk.voice, spk.speed,
-                                     LHOTSE_SAMPLE_RATE, _split_of(part), gap_s=0.4, pad_s=0.2))
+                                     LHOTSE_SAMPLE_RATE, split_of(part), gap_s=0.4, pad_s=0.2))
 
     def write(results: Mapping[str, SynthesisResult]) -> None:
         for part, recs in recordings.items():

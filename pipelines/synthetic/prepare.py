@@ -40,7 +40,7 @@ from pipelines.synthetic.textgen import QAItem, Statement, TextGenConfig, rng_fo
 log = logging.getLogger(__name__)
 
 # Bump when the generated corpora change for an unchanged config, so old outputs are redone.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MARKER = "prepared.json"
 GENERATOR = "pipelines.synthetic"
 CV_DIR = "cv-corpus-1.0-synthetic"
@@ -130,11 +130,15 @@ def plan_corpora(cfg: PrepareConfig, raw: Path, seed: int) -> Plans:
     en_seen: set[str] = set()
     en_rng = rng_for(seed, "english-sentences")
 
-    def english(n: int, quotes: float = 0.0) -> list[str]:
+    def english(n: int, split: str, quotes: float = 0.0) -> list[str]:
+        """Held-out splits get grammar sentences only: fact statements and quotations bring words the
+        grammar lacks, and a held-out sentence must be a new combination of words heard in training."""
+        if split != "train":
+            return textgen.english_sentences(n, en_rng, [], 0.0, 0.0, en_seen)
         return textgen.english_sentences(n, en_rng, train_statements, tg.statement_fraction, quotes, en_seen)
 
     if cfg.librispeech:
-        subsets = {subset: _assign(english(n), en) for subset, n in cfg.librispeech.items()}
+        subsets = {subset: _assign(english(n, layouts.split_of(subset)), en) for subset, n in cfg.librispeech.items()}
         plans.append(layouts.librispeech(raw / "LibriSpeech", subsets))
     zh_seen: set[str] = set()
     zh_rng = rng_for(seed, "mandarin-sentences")
@@ -144,7 +148,7 @@ def plan_corpora(cfg: PrepareConfig, raw: Path, seed: int) -> Plans:
             texts = {s: textgen.mandarin_sentences(n, zh_rng, zh_seen) for s, n in splits.items()}
             speakers = zh
         else:
-            texts = {s: english(n, tg.quote_fraction) for s, n in splits.items()}
+            texts = {s: english(n, s, tg.quote_fraction) for s, n in splits.items()}
             speakers = en
         plans.append(layouts.commonvoice(raw / CV_DIR / locale, locale,
                                          {s: _assign(t, speakers) for s, t in texts.items()},
@@ -162,7 +166,7 @@ def plan_corpora(cfg: PrepareConfig, raw: Path, seed: int) -> Plans:
             recs = []
             for i in range(n_recordings):
                 speaker = en[i % len(en)]
-                recs.append([Spoken(t, speaker) for t in english(rec_rng.randint(1, 3))])
+                recs.append([Spoken(t, speaker) for t in english(rec_rng.randint(1, 3), part)])
             parts[part] = recs
         plans.append(layouts.lhotse_manifests(raw / "lhotse-synthetic", parts))
     plans += _spoken_qa_plans(cfg, raw, seed, train_items, heldout_items)

@@ -13,6 +13,13 @@ knowledge comes from pre-training text, the evaluation asks a question the model
 Skill items (arithmetic, spelling, calendar, counting) are never stated in documents: held-out instances
 test generalisation.
 
+English ASR sentences come from a small-vocabulary grammar (`grammar_sentence`, ~70 words), drawn without
+repetition across every corpus and split. Held-out splits (test/dev) hold grammar sentences only, so every
+held-out sentence is a word sequence no training source contains, made of words the training sentences
+use: what a small model must learn to generalise, rather than to memorise utterances. Training splits
+also mix in some fact statements and quotations (open vocabulary; they tie speech to the QA facts and keep
+the quoting paths of the readers exercised).
+
 Answer aliases are normalised with `normalize_answer`: the TriviaQA normalisation minus its article removal
 (which would delete the letter "a" from spelled answers); article-free variants are listed as extra aliases.
 """
@@ -348,15 +355,44 @@ def statements(seed: int) -> list[Statement]:
     return out
 
 
-def _narrative(rng: random.Random) -> str:
-    text = f"{rng.choice(facts.SUBJECTS)} {rng.choice(facts.PREDICATES)} {rng.choice(facts.TIMES)}"
-    if rng.random() < 0.3:
-        text += f" {rng.choice(facts.REASONS)}"
+def _noun_phrase(rng: random.Random, nouns: Sequence[str], adjective: bool = True) -> str:
+    words = [rng.choice(facts.GRAMMAR_DETERMINERS)]
+    if adjective:
+        words.append(rng.choice(facts.GRAMMAR_ADJECTIVES))
+    return " ".join([*words, rng.choice(nouns)])
+
+
+def grammar_sentence(rng: random.Random) -> str:
+    """One sentence of the small-vocabulary grammar (word tables and why: `facts.GRAMMAR_*`), from three
+    templates, parts in brackets optional:
+
+        det adj agent  verb  det adj thing  [prep the place]  [time].
+        Time, det adj agent  verb  det thing  [prep the place].
+        det agent and det agent  verb  det adj thing  [prep the place].
+
+    Every slot is drawn independently, so a few thousand training sentences use every word many times in
+    many contexts while held-out sentences are still new combinations.
+    """
+    agents, things = facts.GRAMMAR_AGENTS, facts.GRAMMAR_THINGS
+    verb = rng.choice(facts.GRAMMAR_VERBS)
+    place = ""
+    if rng.random() < 0.5:
+        place = f" {rng.choice(facts.GRAMMAR_PREPOSITIONS)} the {rng.choice(facts.GRAMMAR_PLACES)}"
+    r = rng.random()
+    if r < 0.6:
+        time = f" {rng.choice(facts.GRAMMAR_TIMES)}" if rng.random() < 0.4 else ""
+        text = f"{_noun_phrase(rng, agents)} {verb} {_noun_phrase(rng, things)}{place}{time}"
+    elif r < 0.85:
+        text = (f"{rng.choice(facts.GRAMMAR_TIMES)}, {_noun_phrase(rng, agents)} {verb} "
+                f"{_noun_phrase(rng, things, adjective=False)}{place}")
+    else:
+        text = (f"{_noun_phrase(rng, agents, adjective=False)} and {_noun_phrase(rng, agents, adjective=False)} "
+                f"{verb} {_noun_phrase(rng, things)}{place}")
     return capitalize(text) + "."
 
 
 def _quotation(rng: random.Random) -> str:
-    return capitalize(f'{rng.choice(facts.SUBJECTS)} said, "{rng.choice(facts.QUOTES)}"')
+    return capitalize(f'{_noun_phrase(rng, facts.GRAMMAR_AGENTS)} said, "{rng.choice(facts.QUOTES)}"')
 
 
 def _unique(draw: Callable[[], str], n: int, exclude: set[str], what: str) -> list[str]:
@@ -376,10 +412,12 @@ def _unique(draw: Callable[[], str], n: int, exclude: set[str], what: str) -> li
 
 def english_sentences(n: int, rng: random.Random, facts_pool: Sequence[Statement], statement_fraction: float,
                       quote_fraction: float = 0.0, exclude: set[str] | None = None) -> list[str]:
-    """n distinct English sentences: narratives, some fact statements, some quotations (with '"').
+    """n distinct English sentences: small-vocabulary grammar sentences (`grammar_sentence`), some fact
+    statements, some quotations (with '"').
 
     `exclude` (updated in place) keeps sentences distinct across corpora and splits, so no test utterance
-    text appears in any training corpus.
+    text appears in any training corpus. Statements and quotations are open-vocabulary: the orchestrator
+    asks for them in training splits only, so held-out sentences use the grammar's words alone.
     """
     seen = exclude if exclude is not None else set()
 
@@ -389,7 +427,7 @@ def english_sentences(n: int, rng: random.Random, facts_pool: Sequence[Statement
             return _quotation(rng)
         if r < quote_fraction + statement_fraction and facts_pool:
             return rng.choice(facts_pool).text
-        return _narrative(rng)
+        return grammar_sentence(rng)
 
     return _unique(draw, n, seen, "english_sentences")
 

@@ -15,6 +15,7 @@ from pipelines.synthetic.textgen import (
     conversations,
     documents,
     english_sentences,
+    grammar_sentence,
     interleave_categories,
     is_heldout,
     librispeech_transcript,
@@ -147,6 +148,27 @@ def test_sentences_are_distinct_across_calls_sharing_an_exclude_set() -> None:
     zh = mandarin_sentences(300, rng_for(0, "zh"))
     assert len(set(zh)) == 300 and all(s.endswith("。") for s in zh)
     assert all(re.fullmatch(r"[\u4e00-\u9fff。]+", s) for s in zh)
+
+
+def test_grammar_is_a_small_vocabulary_with_many_combinations() -> None:
+    """~70 words, every one used by a few thousand sentences, and far more sentences than any corpus asks
+    for: held-out sentences can be new combinations made only of training words."""
+    rng = rng_for(0, "grammar")
+    sentences = [grammar_sentence(rng) for _ in range(3000)]
+    assert len(set(sentences)) > 2990  # repeats are rare, so drawing distinct sentences stays cheap
+    counts: dict[str, int] = {}
+    for s in sentences:
+        assert s[0].isupper() and s.endswith(".") and '"' not in s
+        for word in librispeech_transcript(s).split():
+            counts[word] = counts.get(word, 0) + 1
+    assert 60 <= len(counts) <= 80
+    assert min(counts.values()) >= 20  # every word heard in many contexts
+    # no "a" before a vowel: the article never needs to change
+    assert not re.search(r"\ba [aeiou]", " ".join(sentences).lower())
+    # more distinct sentences than any shipped corpus asks for, spread over the three templates
+    many = english_sentences(20_000, rng_for(1, "grammar"), [], 0.0)
+    assert len(set(many)) == 20_000
+    assert any(" and " in s for s in many) and any(", " in s for s in many)
 
 
 def test_documents_are_topical_paragraphs() -> None:

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf, open_dict
 from pipelines.readers import get_reader
 from pipelines.records import SourceConfig
 from pipelines.synthetic.prepare import PrepareConfig, codec_sample_paths, plan_corpora, prepare
+from pipelines.synthetic.textgen import librispeech_transcript
 from workflows.prepare_data import run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -142,6 +143,50 @@ def test_shipped_sizes_plan(tmp_path: Path, name: str) -> None:
     voices = {j.voice for p in plans.speech for j in p.jobs}
     assert voices == {"piper:joe", "espeak:en", "espeak:cmn"}
     assert len(plans.conversations) == conf["chat"] and len(plans.documents) == conf["documents"]
+    # enough English speech for a small model to learn recognition that generalises, and enough to measure it
+    counts = {p.name: p.counts for p in plans.speech}
+    assert counts["librispeech"]["train-clean-100"] >= 1200 and counts["librispeech"]["test-clean"] >= 100
+    assert all(n >= 50 for n in counts["spoken_qa_eval"].values()) and len(counts["spoken_qa_eval"]) == 2
+    if name == "embedded":
+        assert counts["librispeech"]["train-clean-100"] >= 3000
+        # Piper (~20x slower than espeak) is a small share of the English audio, or prepare outgrows its minutes
+        english = [j.voice for p in plans.speech if p.language == "en" for j in p.jobs]
+        assert english.count("piper:joe") <= 0.2 * len(english)
+        # the embedded ASR evaluation reads the first test-clean utterances in path order: the bulk voice
+        librispeech = next(p for p in plans.speech if p.name == "librispeech")
+        first = sorted((j.path, j.voice) for j in librispeech.jobs if "/test-clean/" in j.path)[:10]
+        assert {voice for _, voice in first} == {"espeak:en"}
+
+
+ENGLISH_ASR = ("librispeech", "commonvoice_en", "lhotse")
+
+
+def _words(text: str) -> list[str]:
+    return librispeech_transcript(text).split()
+
+
+def test_heldout_english_sentences_are_new_combinations_of_training_words(tmp_path: Path) -> None:
+    """The held-out English speech (LibriSpeech test-clean, Common Voice dev/test, lhotse test) measures
+    generalisation: no training source holds a held-out sentence, yet every held-out word is heard in training."""
+    conf = OmegaConf.to_container(OmegaConf.load(CONF / "prepare" / "embedded.yaml"))
+    plans = plan_corpora(PrepareConfig.from_mapping(conf), tmp_path, seed=0)
+    english = [p for p in plans.speech if p.name in ENGLISH_ASR]
+    assert {p.name for p in english} == set(ENGLISH_ASR)
+    heldout = [t for p in english for j in p.jobs if j.split != "train" for t in j.texts]
+    train_asr = [t for p in english for j in p.jobs if j.split == "train" for t in j.texts]
+    assert len(heldout) >= 100 and len(train_asr) >= 3000
+
+    # every training source: ASR and TTS audio (the TTS source reads train-clean-100), spoken QA, chat, documents
+    training = [t for p in plans.speech for j in p.jobs if j.split == "train" for t in j.texts]
+    training += [t for c in plans.conversations for turn in c.turns for t in turn] + [d.text for d in plans.documents]
+    haystack = "\n".join(f" {' '.join(_words(t))} " for t in training)
+    leaked = [t for t in heldout if f" {' '.join(_words(t))} " in haystack]
+    assert not leaked, leaked[:5]
+
+    train_vocab = {w for t in train_asr for w in _words(t)}
+    heldout_vocab = {w for t in heldout for w in _words(t)}
+    assert heldout_vocab <= train_vocab, sorted(heldout_vocab - train_vocab)
+    assert 60 <= len(heldout_vocab) <= 80  # the small-vocabulary grammar, nothing open-vocabulary
 
 
 def test_force_redoes_and_foreign_corpora_are_never_deleted(tmp_path: Path) -> None:

@@ -1,11 +1,13 @@
 """The per-worker training loop that Ray Train runs on every rank: `train_loop_per_worker({"plan": RunPlan})`.
 
-One code path for CPU and GPU. The model is always sharded with FSDP2 (`fully_shard` on every decoder
-layer, then on the root), on gloo for CPU workers and NCCL for GPUs; DDP is not used at all. Why FSDP2
-on CPU too: the CPU tests then exercise exactly what a 32-GPU run executes (sharding, DTensor gradient
-clipping, the full-state gather for the HF checkpoint, DCP optimizer shards, resume), instead of a DDP
-stand-in whose checkpoints look different. The price is FSDP's per-layer all-gathers over gloo, which DDP
-would not need on CPU (bench/train_scaling.py measures the step breakdown).
+One code path for CPU and GPU. The model is sharded with FSDP2 (`fully_shard` on every decoder layer, then
+on the root), on gloo for CPU workers and NCCL for GPUs; DDP is not used at all. Why FSDP2 on CPU too: the
+multi-worker CPU tests then exercise exactly what a 32-GPU run executes (sharding, DTensor gradient clipping,
+the full-state gather for the HF checkpoint, DCP optimizer shards, resume), instead of a DDP stand-in whose
+checkpoints look different. The price is FSDP's per-layer all-gathers over gloo, which DDP would not need on
+CPU (bench/train_scaling.py), and that made 2 single-thread workers no faster than one. So the embedded
+`train=cpu` runs ONE worker with both cores' threads, and a single float32 rank is left unwrapped: there
+FSDP2 shards nothing and would only copy (`shard`; bench/train_throughput.py measures it).
 
 An optimizer step, on every rank:
 1. take the step's rows (all `accumulation` micro-batches) from this rank's deterministic stream and
@@ -94,12 +96,21 @@ class LossModule(torch.nn.Module):
                                 chunk_size=self.chunk_size, checkpoint=self.checkpoint)
 
 
-def shard(module: LossModule, parallel: ParallelSettings, device: torch.device) -> None:
+def shard(module: LossModule, parallel: ParallelSettings, device: torch.device) -> bool:
     """FSDP2 full sharding: one unit per decoder layer (its parameters are gathered only while it runs) and
     the root (embedding / LM head, final norm). bf16 compute with float32 gradient reduction when asked.
     Gradients are reduce-scattered after every micro-batch (FSDP2's default), so accumulation holds sharded,
-    not full, gradients: the memory of a 3B model's full float32 gradients (12 GB) is never needed."""
-    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    not full, gradients: the memory of a 3B model's full float32 gradients (12 GB) is never needed.
+
+    One rank in float32 is left unwrapped (returns False): there FSDP2 shards nothing and casts nothing, yet
+    its all-gather / reduce-scatter copies of every unit and the sharded-gradient accumulation made the small
+    model's CPU step 43 % slower (the same 3 steps side by side, full vocabulary, 2 threads: 18.6 s wrapped,
+    13.0 s unwrapped, 11.7 s for a bare HF loop). Everything after this works on both: DCP state dicts,
+    gradient clipping (plain or DTensor norm) and the loop's collectives on the one-rank group."""
+    world = dist.get_world_size()
+    if world == 1 and parallel.mixed_precision is None:
+        return False
+    mesh = init_device_mesh(device.type, (world,))
     if parallel.mixed_precision == "bf16":
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     else:
@@ -109,6 +120,7 @@ def shard(module: LossModule, parallel: ParallelSettings, device: torch.device) 
     # The root's parameters (embedding = LM head, final norm) are the last used in forward and the first in
     # backward: resharding them in between would only all-gather them again.
     fully_shard(module, mesh=mesh, mp_policy=policy, reshard_after_forward=False)
+    return True
 
 
 def batch_shape_stats(batch: PackedBatch) -> tuple[int, int]:
@@ -170,7 +182,8 @@ class TrainWorker:
         self.module = LossModule(lm, diffusion_vocab(self.vocab, self.objective), self.s.loss.chunk_size,
                                  self.s.loss.checkpoint)
         self.module.train()
-        shard(self.module, self.s.parallel, self.device)
+        if not shard(self.module, self.s.parallel, self.device) and self.rank == 0:
+            logger.info("one float32 rank: the model is not wrapped in FSDP2 (it would shard nothing)")
         self.optimizer = build_optimizer(self.module, self.s.optim)
         self.scheduler = build_scheduler(self.optimizer, self.s.optim, self.plan.total_steps)
         if ckpt_dir is not None:
@@ -268,24 +281,9 @@ class TrainWorker:
         step_start = time.perf_counter() - wait_s
         lr = self.scheduler.get_last_lr()[0]
         batches = prepared.batches
-        n_ar, n_mask = global_counts(batches, self.device)
-        losses = torch.zeros(2, dtype=torch.float64, device=self.device)  # summed on the device: no sync per micro
-        counts = torch.zeros(len(_SUMS) - 2, dtype=torch.float64)
-        for batch in batches:
-            with timer.phase("forward"):
-                loss, loss_ar, loss_diff = combine(self.module(batch), n_ar, n_mask)
-            with timer.phase("backward"):
-                (loss * self.world).backward()
-            losses += torch.stack([loss_ar.detach(), loss_diff.detach()]).double()
-            counts += torch.tensor(_batch_counts(batch), dtype=torch.float64)
+        losses, counts, grad_norm, finite = optimizer_step(self.module, self.optimizer, self.scheduler, batches,
+                                                           self.world, self.s.optim.grad_clip, self.device, timer)
         counts[_SUMS.index("rows") - 2] = prepared.rows.n_rows
-        with timer.phase("optimizer"):
-            grad_norm = self._clip()
-            finite = bool(torch.isfinite(grad_norm))
-            if finite:
-                self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
         step_s = time.perf_counter() - step_start
         state = self.state
         state.step += 1
@@ -307,12 +305,6 @@ class TrainWorker:
         if self.sinks is not None and (state.step % self.s.logging.every_steps == 0 or due_ckpt):
             self.sinks.write(state.step, metrics)
             log_progress(state.step, self.plan.total_steps, state.epoch, metrics, self._eta(step_s))
-
-    def _clip(self) -> torch.Tensor:
-        """Global gradient norm (all shards, all ranks), clipped to grad_clip when > 0."""
-        max_norm = self.s.optim.grad_clip if self.s.optim.grad_clip > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), max_norm)
-        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
     def _gather_rows(self) -> list[int]:
         """Every rank's data position (rows consumed this epoch), for the checkpoint (collective)."""
@@ -384,6 +376,41 @@ class TrainWorker:
         self._last_checkpointed = True
 
 
+def optimizer_step(module: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                   batches: list[PackedBatch], world: int, grad_clip: float, device: torch.device,
+                   timer: StepTimer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+    """One optimizer step over this rank's collated micro-batches (steps 2-4 of the module docstring).
+
+    A function, not a TrainWorker method, so bench/train_throughput.py times exactly what the loop runs.
+    Returns (the two loss terms [2] float64 on `device`, this rank's _SUMS counts after the losses with rows
+    left 0, the global gradient norm, whether it was finite and the update applied)."""
+    n_ar, n_mask = global_counts(batches, device)
+    losses = torch.zeros(2, dtype=torch.float64, device=device)  # summed on the device: no sync per micro
+    counts = torch.zeros(len(_SUMS) - 2, dtype=torch.float64)
+    for batch in batches:
+        with timer.phase("forward"):
+            loss, loss_ar, loss_diff = combine(module(batch), n_ar, n_mask)
+        with timer.phase("backward"):
+            (loss * world).backward()
+        losses += torch.stack([loss_ar.detach(), loss_diff.detach()]).double()
+        counts += torch.tensor(_batch_counts(batch), dtype=torch.float64)
+    with timer.phase("optimizer"):
+        grad_norm = _clip(module, grad_clip)
+        finite = bool(torch.isfinite(grad_norm))
+        if finite:
+            optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    return losses, counts, grad_norm, finite
+
+
+def _clip(module: torch.nn.Module, grad_clip: float) -> torch.Tensor:
+    """Global gradient norm (all shards, all ranks), clipped to grad_clip when > 0."""
+    max_norm = grad_clip if grad_clip > 0 else float("inf")
+    norm = torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+
 def _batch_counts(batch: PackedBatch) -> list[float]:
     """This micro-batch's entries of _SUMS after the two losses (rows are filled in per step)."""
     targets, sq = batch_shape_stats(batch)
@@ -431,4 +458,5 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     worker.run(ray.train.get_dataset_shard("train"))
 
 
-__all__ = ["LM_ATTR", "LossModule", "TrainWorker", "batch_shape_stats", "shard", "train_loop_per_worker"]
+__all__ = ["LM_ATTR", "LossModule", "TrainWorker", "batch_shape_stats", "optimizer_step", "shard",
+           "train_loop_per_worker"]

@@ -1,6 +1,6 @@
 """Train TtT with Ray Train: the shards -> FSDP2 workers -> checkpoints (ttt_model/train_loop.py).
 
-    python workflows/train.py                                   # embedded default: 2 CPU workers (train=cpu)
+    python workflows/train.py                                   # embedded default: 1 CPU worker, 2 threads
     python workflows/train.py train=a100x32 model=qwen2.5-3b model.init=pretrained model.path=/models/Qwen2.5-3B
     python workflows/train.py train.batch.global_size=32 train.epochs=2 paths.root=/nfs/ttt/run1
     ray job submit --working-dir . -- python workflows/train.py train=a100x32   # on a cluster (cluster/README.md)

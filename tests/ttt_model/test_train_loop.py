@@ -1,5 +1,6 @@
 """The training loop's parts without Ray: data order and grouping, settings, optimizer groups and schedule,
-FLOPs accounting, metric sinks, and an FSDP2 training checkpoint round trip in one gloo process.
+FLOPs accounting, metric sinks, the loop's optimizer step, and a training checkpoint round trip in one gloo
+process (one float32 rank: not FSDP-wrapped, as train=cpu runs).
 (The whole loop on Ray Train, with failures and resume, is tested in tests/workflows/test_train.py.)"""
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from ttt_model.train_ckpt import (
 )
 from ttt_model.train_config import TrainConfigError, parse_settings, steps_per_epoch, total_steps
 from ttt_model.train_data import Prefetcher, arrow_rows, micro_batches, rank_stream, shuffled, step_rows
-from ttt_model.train_loop import LossModule, batch_shape_stats, shard
+from ttt_model.train_loop import LossModule, batch_shape_stats, optimizer_step, shard
 
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "max_position_embeddings": 1024, "tie_word_embeddings": True}
@@ -280,6 +281,22 @@ def test_training_checkpoint_round_trip_continues_identically(gloo_group: None, 
     assert [_step(module2, opt2, sched2, batches) for _ in range(2)] == reference
     state_files = json.dumps(sorted(p.name for p in (tmp_path / "ckpt").iterdir()))
     assert state_files == json.dumps(["model", "optimizer", "rng"])
+
+
+def test_one_float32_rank_is_unwrapped_and_the_loop_step_is_a_plain_step(gloo_group: None,
+                                                                         vocab: UnifiedVocab) -> None:
+    batches = _sample_batches(vocab)
+    module, opt, sched = _trainer(vocab, {"init": "random", "config": TINY, "seed": 1})
+    assert not any(type(m).__name__.startswith("FSDP") for m in module.modules())
+    plain, opt2, sched2 = _trainer(vocab, {"init": "random", "config": TINY, "seed": 1})
+    timer = StepTimer()
+    losses, counts, norm, finite = optimizer_step(module, opt, sched, batches, 1, 0.0, torch.device("cpu"), timer)
+    reference = _step(plain, opt2, sched2, batches)
+    assert finite and float(norm) > 0 and set(timer.seconds) == {"forward", "backward", "optimizer"}
+    assert float(losses.sum()) == pytest.approx(reference, rel=1e-6)
+    assert counts[0] == batches[0].n_tokens and counts[1] == batches[0].n_padding
+    for a, b in zip(module.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
 
 
 def test_incomplete_checkpoint_is_refused(tmp_path: Path) -> None:

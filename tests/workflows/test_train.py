@@ -57,7 +57,10 @@ def train_group(option: str) -> str:
 def overrides(root: Path, *extra: str) -> list[str]:
     # Training never loads the codec (its identity comes from the shards' manifest), so any codec group does;
     # s3 keeps these tests independent of the embedded codec's fitted files.
+    # 2 workers (train=cpu has 1): these runs exercise what only several ranks have (FSDP2 sharding over gloo,
+    # the data split, a dead rank replaced).
     return [f"paths.root={root}", train_group("cpu"), "codec=s3", *TINY_MODEL, "train.max_tokens=128",
+            "train.scaling.num_workers=2", "train.scaling.threads_per_worker=1",
             "train.epochs=2", "train.batch.global_size=4", "train.batch.micro_size=1", "train.checkpoint.every_steps=2",
             "train.checkpoint.keep=2", "train.logging.report_every_steps=2", "train.logging.sample_trace=true", *extra]
 
@@ -207,7 +210,8 @@ def test_both_train_groups_compose_and_validate(tmp_path: Path) -> None:
         gpu = compose("config", overrides=[train_group("a100x32"), "codec=s3", "model=qwen2.5-3b"])
     s_cpu = parse_settings(OmegaConf.to_container(cpu.train, resolve=True))
     s_gpu = parse_settings(OmegaConf.to_container(gpu.train, resolve=True))
-    assert s_cpu.world_size == 2 and s_cpu.scaling.backend == "gloo" and s_cpu.scaling.resources_per_worker["CPU"] < 1
+    assert s_cpu.world_size == 1 and s_cpu.scaling.threads_per_worker == 2 and s_cpu.scaling.backend == "gloo"
+    assert s_cpu.scaling.resources_per_worker["CPU"] < 1
     assert s_gpu.world_size == 32 and s_gpu.scaling.use_gpu and s_gpu.scaling.backend == "nccl"
     assert s_gpu.scaling.resources_per_worker["GPU"] == 1 and s_gpu.parallel.mixed_precision == "bf16"
     assert s_gpu.parallel.activation_checkpointing and s_gpu.batch.global_size == 2048

@@ -97,6 +97,17 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
+class ValidationSettings:
+    """Held-out loss per task while training (ttt_model/validation.py): `fraction` of the utterances never
+    train; every `every_steps` steps (and at the end) the loss of up to `max_per_task` of them per task is
+    logged as val/<task>/ar and val/<task>/diffusion. fraction 0 or every_steps 0 = off."""
+
+    fraction: float = 0.0
+    every_steps: int = 0
+    max_per_task: int = 64
+
+
+@dataclass(frozen=True)
 class RaySettings:
     address: str | None = None  # None: RAY_ADDRESS, else a local cluster with `num_cpus` logical CPUs
     num_cpus: int = 4
@@ -129,6 +140,7 @@ class TrainSettings:
     parallel: ParallelSettings = field(default_factory=ParallelSettings)
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    validation: ValidationSettings = field(default_factory=ValidationSettings)
     ray: RaySettings = field(default_factory=RaySettings)
     fault_injection: FaultInjection = field(default_factory=FaultInjection)
 
@@ -145,7 +157,8 @@ class TrainSettings:
 _NESTED = {
     "batch": BatchSettings, "optim": OptimSettings, "loss": LossSettings, "data": DataSettings,
     "scaling": ScalingSettings, "parallel": ParallelSettings, "checkpoint": CheckpointSettings,
-    "logging": LoggingSettings, "ray": RaySettings, "fault_injection": FaultInjection,
+    "logging": LoggingSettings, "validation": ValidationSettings, "ray": RaySettings,
+    "fault_injection": FaultInjection,
 }
 
 
@@ -218,6 +231,9 @@ def validate(s: TrainSettings) -> None:
         problems.append(f"train.checkpoint.every_steps and keep must be >= 1, got {s.checkpoint}")
     if s.logging.every_steps < 1 or s.logging.report_every_steps < 1:
         problems.append("train.logging.every_steps and report_every_steps must be >= 1")
+    v = s.validation
+    if not 0.0 <= v.fraction < 0.5 or v.every_steps < 0 or v.max_per_task < 1:
+        problems.append(f"train.validation: need 0 <= fraction < 0.5, every_steps >= 0, max_per_task >= 1, got {v}")
     if s.data.shuffle_buffer < 0 or s.data.read_batch_rows < 1 or s.data.prefetch_steps < 0:
         problems.append(f"train.data: need shuffle_buffer >= 0, read_batch_rows >= 1, prefetch_steps >= 0, "
                         f"got {s.data}")
@@ -250,5 +266,5 @@ def total_steps(s: TrainSettings, per_epoch: int) -> int:
 __all__ = [
     "BATCH_UNITS", "BatchSettings", "CheckpointSettings", "DataSettings", "FaultInjection", "LoggingSettings",
     "LossSettings", "OptimSettings", "ParallelSettings", "RaySettings", "ScalingSettings", "TrainConfigError",
-    "TrainSettings", "parse_settings", "steps_per_epoch", "total_steps", "validate",
+    "TrainSettings", "ValidationSettings", "parse_settings", "steps_per_epoch", "total_steps", "validate",
 ]

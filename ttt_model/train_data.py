@@ -43,6 +43,7 @@ from tokenization.codecs.base import CodecIdentity
 from tokenization.vocab import UnifiedVocab, VocabMismatchError, check_compatible, read_manifest
 from tokenization.vocab_factory import make_vocab, manifest_subset
 from ttt_model.train_config import TrainConfigError, TrainSettings
+from ttt_model.validation import is_validation
 
 READ_COLUMNS = ("sample_id", "input_ids", "spans")  # all the collator needs; the rest of a shard row stays on disk
 
@@ -192,8 +193,10 @@ def step_rows(rows: Iterable[Row], s: TrainSettings) -> Iterator[StepRows]:
 def rank_stream(batches: Iterable[pa.Table], s: TrainSettings, epoch: int, rank: int,
                 skip_rows: int) -> Iterator[StepRows]:
     """One rank's steps for one epoch from its shard's Arrow batches, after skipping `skip_rows` rows of the
-    shuffled order (the rows it consumed before a checkpoint)."""
-    rows = (row for table in batches for row in arrow_rows(table))
+    shuffled order (the rows it consumed before a checkpoint). Validation rows (ttt_model.validation) are
+    left out before the shuffle, so the order and the resume position do not depend on them."""
+    fraction = s.validation.fraction
+    rows = (row for table in batches for row in arrow_rows(table) if not is_validation(row["sample_id"], fraction))
     ordered = shuffled(rows, s.data.shuffle_buffer, epoch_rng(s.seed, epoch, rank))
     return step_rows(itertools.islice(ordered, skip_rows, None), s)
 

@@ -68,8 +68,9 @@ from ttt_model.train_ckpt import (
     save_train_checkpoint,
 )
 from ttt_model.train_config import ParallelSettings
-from ttt_model.train_data import Prefetcher, StepRows, rank_stream, training_vocab
+from ttt_model.train_data import READ_COLUMNS, Prefetcher, StepRows, rank_stream, training_vocab
 from ttt_model.train_plan import RunPlan
+from ttt_model.validation import read_validation_rows, task_losses
 
 logger = logging.getLogger(__name__)
 
@@ -191,6 +192,9 @@ class TrainWorker:
             self.scheduler.load_state_dict(sched_state)
             restore_rng(ckpt_dir, self.rank)
         self._last_checkpointed = ckpt_dir is not None  # nothing new to save until a step runs
+        v = self.s.validation
+        self.val_rows = (read_validation_rows(self.plan.shard_files, v.fraction, v.max_per_task, READ_COLUMNS)
+                         if v.every_steps > 0 else {})
         if self.rank == 0:
             self.sinks = self._open_sinks()
         if self.s.logging.sample_trace:
@@ -295,6 +299,10 @@ class TrainWorker:
             self._trace(prepared.rows)
         metrics = self._metrics(totals.cpu(), lr, float(grad_norm), finite, step_s, timer, prepared.collate_s)
         due_ckpt = state.step % self.s.checkpoint.every_steps == 0 or state.step == self.plan.total_steps
+        if self.val_rows and (state.step % self.s.validation.every_steps == 0 or state.step == self.plan.total_steps):
+            with timer.phase("validation"):
+                metrics.update(self._validation())
+            metrics["time/validation"] = timer.seconds["validation"]
         due_report = state.step % self.s.logging.report_every_steps == 0
         self._last_checkpointed = False
         if due_ckpt or due_report:
@@ -305,6 +313,12 @@ class TrainWorker:
         if self.sinks is not None and (state.step % self.s.logging.every_steps == 0 or due_ckpt):
             self.sinks.write(state.step, metrics)
             log_progress(state.step, self.plan.total_steps, state.epoch, metrics, self._eta(step_s))
+
+    def _validation(self) -> dict[str, float]:
+        """Held-out loss per task (ttt_model/validation.py), a collective over all ranks."""
+        losses = task_losses(self.module, self.collator, self.val_rows, self.s.batch.micro_size, self.rank,
+                             self.world, self.device)
+        return {f"val/{task}/{term}": value for task, terms in losses.items() for term, value in terms.items()}
 
     def _gather_rows(self) -> list[int]:
         """Every rank's data position (rows consumed this epoch), for the checkpoint (collective)."""

@@ -13,10 +13,12 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow.parquet as pq
 import torch
 
 from tokenization.vocab import UnifiedVocab, read_manifest
@@ -26,7 +28,8 @@ from ttt_model.model import build_model
 from ttt_model.objective import ObjectiveConfig
 from ttt_model.train_ckpt import MODEL_DIR
 from ttt_model.train_config import TrainConfigError, TrainSettings, parse_settings, steps_per_epoch, total_steps
-from ttt_model.train_data import check_vocab, discover_shards, training_vocab
+from ttt_model.train_data import ShardSet, check_vocab, discover_shards, training_vocab
+from ttt_model.validation import is_validation
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ def plan_run(cfg: Mapping[str, Any]) -> RunPlan:
     check_model(cfg["model"], vocab)
     storage = storage_path(settings)
     check_run_checkpoints(storage, settings.name, vocab)
+    shards = without_validation(shards, settings)
     per_epoch = steps_per_epoch(settings, shards.num_rows, shards.clipped_tokens or 0)
     if per_epoch < 1:
         have = shards.num_rows if settings.batch.unit == "samples" else shards.clipped_tokens
@@ -85,6 +89,21 @@ def plan_run(cfg: Mapping[str, Any]) -> RunPlan:
         total_steps=total_steps(settings, per_epoch), storage_path=storage,
         log_dir=str(Path(settings.logging.dir).expanduser().resolve()), mlflow=mlflow, config=dict(cfg),
     )
+
+
+def without_validation(shards: ShardSet, settings: TrainSettings) -> ShardSet:
+    """The shard sizes training sees: validation rows (train.validation.fraction) never train, so the epoch
+    is counted without them (reads the sample_id / n_tokens columns only)."""
+    fraction = settings.validation.fraction
+    if fraction <= 0:
+        return shards
+    table = pq.read_table(list(shards.files), columns=["sample_id", "n_tokens"])
+    train = np.array([not is_validation(i, fraction) for i in table.column("sample_id").to_pylist()], dtype=bool)
+    clipped = None
+    if shards.clipped_tokens is not None:
+        n = table.column("n_tokens").to_numpy()[train]
+        clipped = int(np.minimum(n, settings.max_tokens).sum())
+    return replace(shards, num_rows=int(train.sum()), clipped_tokens=clipped)
 
 
 def storage_path(settings: TrainSettings) -> str:

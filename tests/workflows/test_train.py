@@ -88,7 +88,8 @@ def make_sample(vocab: UnifiedVocab, i: int, rng: np.random.Generator) -> dict[s
         seq = build_chat(vocab, [Turn("user", [Part.audio(codes(6, 14))]),
                                  Turn("assistant", [Part(text=text), Part.audio(codes(6, 12)),
                                                     Part.audio(codes(4, 16), final=True)])])
-    return {"sample_id": f"src{i % 2}/utt{i:04d}", "n_tokens": len(seq.input_ids),
+    return {"sample_id": f"src{i % 2}/utt{i:04d}", "task": "interleaved" if i % 3 == 0 else "audio_chat",
+            "n_tokens": len(seq.input_ids),
             "spans": spans_to_pylist(seq.spans), "input_ids": seq.input_ids.astype(np.int32)}
 
 
@@ -96,7 +97,8 @@ def write_shards(shards: Path, vocab: UnifiedVocab, n: int, files: int = 2) -> l
     """Shards in the tokenize job's layout (parquet/ + manifest.json, the manifest in each file's metadata)."""
     rng = np.random.default_rng(0)
     rows = sorted((make_sample(vocab, i, rng) for i in range(n)), key=lambda r: r["sample_id"])
-    schema = pa.schema([("sample_id", pa.string()), ("n_tokens", pa.int32()), ("spans", pa.list_(SPAN_ARROW_TYPE)),
+    schema = pa.schema([("sample_id", pa.string()), ("task", pa.string()), ("n_tokens", pa.int32()),
+                        ("spans", pa.list_(SPAN_ARROW_TYPE)),
                         ("input_ids", pa.list_(pa.int32()))])
     names = []
     for k in range(files):

@@ -44,8 +44,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.eval.items import GENERATION_ERROR, INPUT_ERROR, TASKS, load_items
-from pipelines.eval.judges import Judgment, aggregate, build_judge
-from pipelines.eval.metrics import error_rate
+from pipelines.eval.judges import VALID, Judgment, aggregate, build_judge
+from pipelines.eval.metrics import accuracy_vs_control, derangement, error_rate, error_rate_vs_control
 from pipelines.eval.table import OBJECTIVE_SYSTEMS, SYSTEM_MODES, build_table, system_label, table_markdown
 from pipelines.ray_runtime import ensure_ray
 
@@ -214,6 +214,15 @@ def _reference(row: Mapping[str, Any]) -> str:
     return refs[0] if refs else ""
 
 
+def _qa_control(rows: Sequence[Mapping[str, Any]], kind: str, bootstrap: int, seed: int) -> dict[str, Any]:
+    """Accuracy vs control over the items judged validly both ways (the control is the same answer judged
+    against another item's references)."""
+    pairs = [(r[f"{kind}_score"], r[f"{kind}_control_score"]) for r in rows
+             if r.get(f"{kind}_verdict") in VALID and r.get(f"{kind}_control_verdict") in VALID
+             and r.get(f"{kind}_score") is not None and r.get(f"{kind}_control_score") is not None]
+    return accuracy_vs_control([p[0] for p in pairs], [p[1] for p in pairs], bootstrap=bootstrap, seed=seed)
+
+
 def summarize(items: pa.Table, bootstrap: int = 0, seed: int = 0) -> dict[str, Any]:
     """Per-task scores of one run from its item table (pure: the same table always gives the same numbers)."""
     rows = sorted(items.to_pylist(), key=lambda r: r["item_id"])
@@ -223,20 +232,26 @@ def summarize(items: pa.Table, bootstrap: int = 0, seed: int = 0) -> dict[str, A
     out: dict[str, Any] = {"audio_qa": {}, "asr": {}, "tts": {}}
     for subset, group in sorted(by_task.get("audio_qa", {}).items()):
         speech, text = _judgments(group, "speech"), _judgments(group, "text")
-        out["audio_qa"][subset] = {"speech": aggregate(speech), "text": aggregate(text),
+        out["audio_qa"][subset] = {"speech": {**aggregate(speech), "control": _qa_control(group, "speech", bootstrap,
+                                                                                           seed)},
+                                   "text": {**aggregate(text), "control": _qa_control(group, "text", bootstrap, seed)},
                                    "metric": group[0]["metric"] or "accuracy", **_counts(group)}
     for subset, group in sorted(by_task.get("asr", {}).items()):
         scored = [r for r in group if r["status"] != INPUT_ERROR]
-        rate = error_rate([_reference(r) for r in scored], [r.get("answer_text") or "" for r in scored],
-                          _language(group), bootstrap=bootstrap, seed=seed)
-        out["asr"][subset] = {**rate.as_dict(), "language": _language(group), **_counts(group)}
+        refs, hyps = [_reference(r) for r in scored], [r.get("answer_text") or "" for r in scored]
+        rate = error_rate(refs, hyps, _language(group), bootstrap=bootstrap, seed=seed)
+        out["asr"][subset] = {**rate.as_dict(), "language": _language(group), **_counts(group),
+                              "control": error_rate_vs_control(refs, hyps, _language(group), bootstrap=bootstrap,
+                                                               seed=seed)}
     for subset, group in sorted(by_task.get("tts", {}).items()):
         scored = [r for r in group if r["status"] != INPUT_ERROR and not r.get("asr_error")]
-        rate = error_rate([_reference(r) for r in scored], [r.get("speech_transcript") or "" for r in scored],
-                          _language(group), bootstrap=bootstrap, seed=seed)
+        refs, hyps = [_reference(r) for r in scored], [r.get("speech_transcript") or "" for r in scored]
+        rate = error_rate(refs, hyps, _language(group), bootstrap=bootstrap, seed=seed)
         asr_models = sorted({r["asr_model"] for r in scored if r.get("asr_model")})
         out["tts"][subset] = {**rate.as_dict(), "language": _language(group), "asr_models": asr_models,
-                              "n_no_transcript": sum(bool(r.get("asr_error")) for r in group), **_counts(group)}
+                              "n_no_transcript": sum(bool(r.get("asr_error")) for r in group), **_counts(group),
+                              "control": error_rate_vs_control(refs, hyps, _language(group), bootstrap=bootstrap,
+                                                               seed=seed)}
     generated = [r for r in rows if r["status"] not in (INPUT_ERROR, GENERATION_ERROR)]
     gen_s = sum(r.get("gen_seconds") or 0.0 for r in generated)
     tokens = sum(r.get("n_audio_tokens") or 0 for r in generated)
@@ -310,7 +325,25 @@ def load_eval_items(eval_cfg: Mapping[str, Any]) -> tuple[pa.Table, dict[str, in
     if not tables or sum(t.num_rows for t in tables) == 0:
         raise EvalConfigError("no evaluation items: configure eval.tasks.{audio_qa,asr,tts}.sources (and run "
                               "python workflows/prepare_data.py for the embedded sets)")
-    return pa.concat_tables(tables), dropped
+    return with_control_references(pa.concat_tables(tables), int(eval_cfg.get("seed", 0))), dropped
+
+
+def with_control_references(items: pa.Table, seed: int) -> pa.Table:
+    """Add `control_references_json`: each item gets the references of another item of its (task, subset)
+    (metrics.derangement, in item-id order), so the judge can score every answer against a wrong reference
+    too (the control; pipelines/eval/metrics.py). A set of one item has no control ("[]")."""
+    rows = items.select(["item_id", "task", "subset", "references_json"]).to_pylist()
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault((r["task"], r["subset"]), []).append(i)
+    control = ["[]"] * len(rows)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        members = sorted(members, key=lambda i: rows[i]["item_id"])
+        for i, j in zip(members, derangement(len(members), seed), strict=True):
+            control[i] = rows[members[j]]["references_json"] or "[]"
+    return items.append_column("control_references_json", pa.array(control, pa.string()))
 
 
 def evaluate_run(spec: RunSpec, cfg: Mapping[str, Any], items: pa.Table, codec_factory: Callable[[], Any],

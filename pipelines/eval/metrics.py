@@ -180,3 +180,94 @@ def error_rate(references: Sequence[str], hypotheses: Sequence[str], language: s
         ci_low=interval[0] if interval else None, ci_high=interval[1] if interval else None,
         confidence=confidence if interval else None,
     )
+
+
+# ------------------------------------------------------------------------------- controls and intervals
+#
+# A score means something only beside what a model that ignores its input would get. The control scores the
+# SAME outputs against the references of other items (a seeded derangement within the set): a system whose
+# answers do not depend on the input scores the same against its own references and against shuffled ones,
+# so only a real dependence on the input moves the score away from its control.
+
+
+def derangement(n: int, seed: int) -> np.ndarray:
+    """A seeded permutation of range(n) with no fixed point (item i is scored against reference perm[i]).
+    Sattolo's algorithm: a uniformly random single n-cycle, which never maps an item to itself. n < 2 has no
+    derangement: ValueError."""
+    if n < 2:
+        raise ValueError(f"a control needs at least 2 items, got {n}")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xC0])).integers
+    perm = np.arange(n)
+    for i in range(n - 1, 0, -1):
+        j = int(rng(0, i))
+        perm[i], perm[j] = perm[j], perm[i]
+    return perm
+
+
+def compare_to_control(model: np.ndarray, control: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray],
+                       lower_is_better: bool, n_resamples: int, confidence: float = 0.95, seed: int = 0,
+                       chunk: int = 256) -> dict[str, Any]:
+    """Score vs control with paired percentile-bootstrap intervals (the same item resamples for both sides).
+
+    `model` and `control` hold per-item values, shape (n, k); `statistic` maps resampled arrays (r, n, k) to r
+    scores (a corpus-level error rate, a mean accuracy). `beats_control` is true only when the score's interval
+    lies entirely on the better side of the control's interval; `diff_*` is the interval of score - control.
+    """
+    n = len(model)
+    out: dict[str, Any] = {"n": n, "score": None, "control": None, "lower_is_better": lower_is_better,
+                           "confidence": confidence, "beats_control": False}
+    if n == 0:
+        return out
+    out["score"] = float(statistic(model[None])[0])
+    out["control"] = float(statistic(control[None])[0])
+    if n_resamples <= 0:
+        return out
+    rng = np.random.default_rng(seed)
+    s_all, c_all = [], []
+    for start in range(0, n_resamples, chunk):
+        idx = rng.integers(0, n, size=(min(chunk, n_resamples - start), n))
+        s_all.append(statistic(model[idx]))
+        c_all.append(statistic(control[idx]))
+    s, c = np.concatenate(s_all), np.concatenate(c_all)
+    ok = np.isfinite(s) & np.isfinite(c)
+    s, c = s[ok], c[ok]
+    if s.size == 0:
+        return out
+    tail = (1.0 - confidence) / 2 * 100
+    for name, values in (("score", s), ("control", c), ("diff", s - c)):
+        low, high = np.percentile(values, [tail, 100 - tail])
+        out[f"{name}_ci"] = [float(low), float(high)]
+    score_ci, control_ci = out["score_ci"], out["control_ci"]
+    out["beats_control"] = bool(score_ci[1] < control_ci[0] if lower_is_better else score_ci[0] > control_ci[1])
+    return out
+
+
+def _rate_statistic(counts: np.ndarray) -> np.ndarray:
+    """Corpus-level error rate of resampled [S, D, I, H] counts, shape (r, n, 4) -> (r,)."""
+    errors = counts[..., 0] + counts[..., 1] + counts[..., 2]
+    refs = counts[..., 0] + counts[..., 1] + counts[..., 3]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return errors.sum(axis=1) / refs.sum(axis=1)
+
+
+def error_rate_vs_control(references: Sequence[str], hypotheses: Sequence[str], language: str = "en", *,
+                          bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """Corpus-level WER/CER of the hypotheses against their references and against deranged references."""
+    scoring = scoring_for(language)
+    refs = [scoring.normalize(r) for r in references]
+    hyps = [scoring.normalize(h) for h in hypotheses]
+    if len(refs) < 2:
+        return {"metric": scoring.metric, "n": len(refs), "score": None, "control": None, "beats_control": False}
+    perm = derangement(len(refs), seed)
+    model = utterance_counts(refs, hyps, scoring.unit)
+    control = utterance_counts([refs[j] for j in perm], hyps, scoring.unit)
+    return {"metric": scoring.metric, **compare_to_control(model, control, _rate_statistic, True, bootstrap,
+                                                             confidence, seed)}
+
+
+def accuracy_vs_control(scores: Sequence[float], control_scores: Sequence[float], *, bootstrap: int = 1000,
+                        confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """Mean score (accuracy: 1/0 per item) beside the mean of the same answers judged against deranged references."""
+    model = np.asarray(scores, dtype=np.float64).reshape(-1, 1)
+    control = np.asarray(control_scores, dtype=np.float64).reshape(-1, 1)
+    return compare_to_control(model, control, lambda a: a[..., 0].mean(axis=1), False, bootstrap, confidence, seed)

@@ -33,6 +33,7 @@ NOT_AVAILABLE = "not available"
 LOSS_HINT = "loss"
 THROUGHPUT_KEYS = ("tokens_per_s", "tokens_per_sec", "tok_per_s", "throughput_tokens_per_s")
 STEP_KEYS = ("step", "global_step", "optimizer_step")
+VALIDATION_PREFIX = "val/"  # held-out loss per task (ttt_model/validation.py)
 
 
 # ---------------------------------------------------------------------------------------------- blocks
@@ -285,15 +286,19 @@ def training_section(metric_dirs: Sequence[Path], plots_dir: Path, report_dir: P
         steps = [_step_of(r, i) for i, r in enumerate(records)]
         keys = sorted({k for r in records for k in r})
         loss_keys = [k for k in keys if LOSS_HINT in k.lower()]
+        val_keys = [k for k in keys if k.startswith(VALIDATION_PREFIX)]
         speed_keys = [k for k in keys if k.split("/")[-1] in THROUGHPUT_KEYS]
         slug = f"run{index}_" + "".join(c if c.isalnum() else "_" for c in run)
         for kind, chosen, ylabel, log_y in (("losses", loss_keys, "loss", True),
+                                            ("held-out losses", val_keys, "loss per target (held out)", True),
                                             ("throughput", speed_keys, "tokens / s", False)):
+            if not chosen and kind == "held-out losses":
+                continue  # validation off (train.validation)
             if not chosen:
                 blocks.append(Para(f"{kind}: {NOT_AVAILABLE} (no such fields in {path.name})."))
                 continue
             series = {k: _series(steps, records, k) for k in chosen}
-            png = plots_dir / f"{slug}_{kind}.png"
+            png = plots_dir / f"{slug}_{kind.replace(' ', '_')}.png"
             _plot(png, f"{run}: {kind}", ylabel, series, log_y)
             blocks.append(Image(os.path.relpath(png, report_dir), f"{run} {kind}"))
         last = records[-1]
@@ -303,6 +308,61 @@ def training_section(metric_dirs: Sequence[Path], plots_dir: Path, report_dir: P
 
 
 # ------------------------------------------------------------------------------------------ evaluation
+
+def _interval(ci: Sequence[float] | None, scale: float) -> str:
+    return f"[{ci[0] * scale:.1f}, {ci[1] * scale:.1f}]" if ci else "-"
+
+
+def control_rows(results: Mapping[str, Any]) -> list[tuple[Cell, ...]]:
+    """(set, n, score [95 % CI], control [95 % CI], score - control [95 % CI], verdict) for every score of one
+    evaluated run that has a control (pipelines/eval/metrics.py compare_to_control). WER/CER in percent;
+    QA scores as the judge gives them (accuracy in percent)."""
+    found: list[tuple[str, float, Mapping[str, Any]]] = []
+    for task in ("asr", "tts"):
+        for subset, res in sorted((results.get(task) or {}).items()):
+            if isinstance(res, Mapping) and res.get("control"):
+                found.append((f"{task.upper()} {subset} ({res['control'].get('metric', 'wer').upper()})", 100.0,
+                              res["control"]))
+    for subset, res in sorted((results.get("audio_qa") or {}).items()):
+        for kind in ("speech", "text"):
+            control = ((res or {}).get(kind) or {}).get("control")
+            if control:
+                found.append((f"Audio-QA {subset} ({kind} answer)", 1.0, control))
+    rows = []
+    for name, scale, c in found:
+        if c.get("score") is None:
+            rows.append((name, str(c.get("n", 0)), "-", "-", "-", "no items"))
+            continue
+        verdict = "beats control" if c.get("beats_control") else "does not beat control"
+        rows.append((name, str(c["n"]), f"{c['score'] * scale:.1f} {_interval(c.get('score_ci'), scale)}",
+                     f"{c['control'] * scale:.1f} {_interval(c.get('control_ci'), scale)}",
+                     f"{(c['score'] - c['control']) * scale:+.1f} {_interval(c.get('diff_ci'), scale)}", verdict))
+    return rows
+
+
+def learning_section(eval_dir: Path) -> list[Block]:
+    """Does the model learn? Every held-out score beside its control (the same outputs scored against other
+    items' references), with 95 % bootstrap intervals; one table per evaluated run."""
+    blocks: list[Block] = [Heading(2, "Learning: held-out scores beside their controls")]
+    files = sorted(eval_dir.glob("*/results.json")) if eval_dir.is_dir() else []
+    if not files:
+        return [*blocks, Para(f"Scores {NOT_AVAILABLE}: no results.json under {eval_dir}.")]
+    blocks.append(Para("Control: the same answers scored against the references of other items of the set (a "
+                       "seeded derangement). A model that ignores its input scores like its control. Verdict "
+                       "'beats control' only when the score's 95 % interval lies entirely on the better side of "
+                       "the control's (lower for WER/CER, higher for accuracy). Intervals: paired bootstrap over "
+                       "items."))
+    for path in files:
+        results, missing = load_json(path, "Evaluation results")
+        if missing:
+            blocks.append(missing)
+            continue
+        rows = control_rows(results)
+        blocks.append(Heading(3, f"{results.get('system', '?')} ({results.get('run_id', path.parent.name)})"))
+        blocks.append(Table(("set", "n", "score [95 % CI]", "control [95 % CI]", "score - control [95 % CI]",
+                             "verdict"), tuple(rows)) if rows else Para("No score with a control in this run."))
+    return blocks
+
 
 def evaluation_section(eval_dir: Path) -> list[Block]:
     blocks: list[Block] = [Heading(2, "Evaluation (paper Table 1 shape)")]
@@ -475,6 +535,7 @@ def build_report(paths: Mapping[str, Any], bench_dir: str | Path = "runs/bench",
     blocks: list[Block] = [Heading(1, title), Para(f"Built from the result files under {root}.")]
     blocks += data_section(Path(paths.get("shards") or root / "shards"))
     blocks += training_section(metric_dirs, plots_dir, report_dir)
+    blocks += learning_section(eval_dir)
     blocks += evaluation_section(eval_dir)
     blocks += sweep_section(Path(sweep_eval_dir) if sweep_eval_dir is not None else root / "sweep" / "eval")
     blocks += bench_section(Path(bench_dir))

@@ -39,6 +39,9 @@ JUDGED_FIELDS = [
     ("speech_verdict", pa.string()), ("speech_score", pa.float64()), ("text_verdict", pa.string()),
     ("text_score", pa.float64()), ("judge", pa.string()), ("judge_output_speech", pa.string()),
     ("judge_output_text", pa.string()), ("judge_error", pa.string()),
+    # the same answers judged against another item's references (the control, pipelines/eval/metrics.py)
+    ("speech_control_verdict", pa.string()), ("speech_control_score", pa.float64()),
+    ("text_control_verdict", pa.string()), ("text_control_score", pa.float64()),
 ]
 SPEECH_TASKS = ("audio_qa", "tts")  # tasks whose generated speech is transcribed
 
@@ -256,18 +259,26 @@ class JudgeStage:
                 self._set(out, i, "text", Judgment("error", None, self.judge.name, error="input error"))
                 continue
             refs = tuple(json.loads(row["references_json"] or "[]"))
-            base = {"subset": row["subset"], "question": row["question"], "references": refs,
+            control = tuple(json.loads(row.get("control_references_json") or "[]"))
+            base = {"subset": row["subset"], "question": row["question"],
                     "metric": row["metric"] or "accuracy", "language": row["language"] or "en"}
-            queries.append(QaItem(answer=row["answer_text"] or "", **base))
-            slots.append((i, "text"))
+            answers = {"text": row["answer_text"] or ""}
             if row["asr_error"]:
                 self._set(out, i, "speech", Judgment("error", None, self.judge.name,
                                                      error=f"no transcript: {row['asr_error']}"))
             else:
-                queries.append(QaItem(answer=row["speech_transcript"] or "", **base))
-                slots.append((i, "speech"))
+                answers["speech"] = row["speech_transcript"] or ""
+            for kind, answer in answers.items():
+                queries.append(QaItem(answer=answer, references=refs, **base))
+                slots.append((i, kind))
+                if control:
+                    queries.append(QaItem(answer=answer, references=control, **base))
+                    slots.append((i, f"{kind}_control"))
         for (i, kind), judgment in zip(slots, self.judge.judge_many(queries), strict=True):
-            self._set(out, i, kind, judgment)
+            if kind.endswith("_control"):
+                out[f"{kind}_verdict"][i], out[f"{kind}_score"][i] = judgment.verdict, judgment.score
+            else:
+                self._set(out, i, kind, judgment)
         return _append(batch, out, JUDGED_FIELDS)
 
     @staticmethod

@@ -309,3 +309,26 @@ def test_generate_stage_decodes_with_the_baseline_decoders(checkpoint: Path, tmp
     (row,) = stage(_item_rows(item_id=["tts/ok"], task=["tts"], subset=["t"], question=["Hello there."])).to_pylist()
     assert (row["status"], row["answer_text"], row["decode"]) == ("ok", "Paris", decode)
     assert (row["n_audio_tokens"], row["finish_reason"]) == (n_codes, finish)
+
+
+def test_qa_answers_are_also_judged_against_another_items_references() -> None:
+    from pipelines.eval.jobs import with_control_references
+
+    batch = _item_rows(item_id=["q1", "q2", "q3", "solo"], task=["audio_qa"] * 4,
+                       subset=["trivia_qa", "trivia_qa", "trivia_qa", "llama_questions"], language=["en"] * 4,
+                       references_json=['["Mars"]', '["Paris"]', '["seven"]', '["blue"]'],
+                       answer_text=["Mars!", "It is Paris.", "seven", "blue"], audio_path=[""] * 4)
+    batch = with_control_references(batch, seed=0)
+    rows = {r["item_id"]: r for r in batch.to_pylist()}
+    trivia = {rows[i]["control_references_json"] for i in ("q1", "q2", "q3")}
+    assert trivia == {'["Mars"]', '["Paris"]', '["seven"]'}  # a permutation of the subset's references ...
+    assert all(rows[i]["control_references_json"] != rows[i]["references_json"] for i in ("q1", "q2", "q3"))
+    assert rows["solo"]["control_references_json"] == "[]"  # ... and no control for a set of one
+    transcribed = TranscribeStage({"en": None})(batch)
+    judged = {r["item_id"]: r for r in JudgeStage({"kind": "rule"})(transcribed).to_pylist()}
+    for i in ("q1", "q2", "q3"):
+        assert (judged[i]["text_verdict"], judged[i]["text_control_verdict"]) == ("correct", "incorrect")
+    assert judged["solo"]["text_control_verdict"] is None
+    summary = summarize(pa.Table.from_pylist(list(judged.values())), bootstrap=200)
+    control = summary["audio_qa"]["trivia_qa"]["text"]["control"]
+    assert (control["n"], control["score"], control["control"]) == (3, 100.0, 0.0)  # judge scores are percentages

@@ -87,3 +87,43 @@ def test_bootstrap_interval_brackets_the_rate_and_is_deterministic() -> None:
     assert (a.ci_low, a.ci_high, a.confidence) == (b.ci_low, b.ci_high, 0.95)
     assert bootstrap_interval(np.zeros((3, 4), dtype=np.int64), 100, 0.95, 0) is None  # no reference tokens
     assert error_rate(refs, hyps, "en").ci_low is None
+
+
+# ---- controls: the same outputs against references shuffled across items --------------------------------
+
+def test_derangement_has_no_fixed_point_and_is_seeded() -> None:
+    from pipelines.eval.metrics import derangement
+
+    for n in (2, 3, 10, 101):
+        for seed in range(5):
+            perm = derangement(n, seed)
+            assert sorted(perm.tolist()) == list(range(n)) and not (perm == np.arange(n)).any()
+            assert (perm == derangement(n, seed)).all()
+    assert not (derangement(50, 0) == derangement(50, 1)).all()
+    with pytest.raises(ValueError):
+        derangement(1, 0)
+
+
+SENTENCES = [f"the {a} {b} saw a {c} ball" for a in ("red", "big", "old", "small") for b in ("dog", "cat", "man")
+             for c in ("green", "blue", "tiny")][:30]
+
+
+def test_a_perfect_recogniser_beats_its_control() -> None:
+    from pipelines.eval.metrics import error_rate_vs_control
+
+    out = error_rate_vs_control(SENTENCES, SENTENCES, "en", bootstrap=500)
+    assert out["score"] == 0.0 and out["control"] > 0.2
+    assert out["beats_control"] and out["score_ci"][1] < out["control_ci"][0] and out["diff_ci"][1] < 0
+    assert out["n"] == 30 and out["metric"] == "wer"
+
+
+def test_an_answer_that_ignores_its_input_does_not_beat_its_control() -> None:
+    from pipelines.eval.metrics import accuracy_vs_control, error_rate_vs_control
+
+    out = error_rate_vs_control(SENTENCES, ["the red dog saw a green ball"] * len(SENTENCES), "en", bootstrap=500)
+    assert out["score"] == pytest.approx(out["control"], abs=0.05) and not out["beats_control"]
+    assert out["diff_ci"][0] < 0 < out["diff_ci"][1]
+    same = accuracy_vs_control([1, 0] * 20, [1, 0] * 20, bootstrap=500)
+    assert same["score"] == same["control"] == 0.5 and not same["beats_control"]
+    better = accuracy_vs_control([1] * 40, [0] * 40, bootstrap=500)
+    assert better["beats_control"] and better["score_ci"] == [1.0, 1.0]

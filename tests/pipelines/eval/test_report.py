@@ -147,7 +147,7 @@ def test_full_report(tmp_path: Path) -> None:
 def test_report_with_nothing_to_report(tmp_path: Path) -> None:
     out = build_report({"root": str(tmp_path / "empty")}, bench_dir=tmp_path / "nobench")
     md = out.markdown.read_text()
-    assert md.count("not available") == 5
+    assert md.count("not available") == 6
     assert "Sweep" not in md  # no sweep, no section: most runs never sweep
     assert out.plots == () and out.html.is_file()
 
@@ -177,3 +177,18 @@ def test_report_shows_the_sweep_table(tmp_path: Path) -> None:
                       ).markdown.read_text()
     assert f"Sweep table not available: {moved / 'table.json'} (JSONDecodeError)." in md
     assert "TtT w/o SST" not in md
+
+
+def test_learning_rows_show_every_score_beside_its_control() -> None:
+    from pipelines.eval.report import control_rows
+
+    asr = {"metric": "wer", "n": 100, "score": 0.42, "control": 0.97, "score_ci": [0.38, 0.46],
+           "control_ci": [0.95, 0.99], "diff_ci": [-0.59, -0.51], "beats_control": True}
+    qa = {"n": 50, "score": 4.0, "control": 2.0, "score_ci": [0.0, 10.0], "control_ci": [0.0, 6.0],
+          "diff_ci": [-4.0, 8.0], "beats_control": False}
+    rows = control_rows({"asr": {"ls": {"control": asr}}, "tts": {"ls": {"control": {"n": 0, "score": None}}},
+                         "audio_qa": {"trivia_qa": {"speech": {"control": qa}, "text": {}}}})
+    assert rows[0] == ("ASR ls (WER)", "100", "42.0 [38.0, 46.0]", "97.0 [95.0, 99.0]", "-55.0 [-59.0, -51.0]",
+                       "beats control")
+    assert rows[1][-1] == "no items" and rows[2][0] == "Audio-QA trivia_qa (speech answer)"
+    assert rows[2][-1] == "does not beat control" and len(rows) == 3

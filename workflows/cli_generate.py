@@ -6,7 +6,7 @@ On a finished `make run` (the run under runs/local: its latest checkpoint and it
 
     ttt generate --task asr --audio runs/local/raw/LibriSpeech/test-clean/1/1/1-1-0000.flac
     ttt generate --task tts --text "the small dog sees a red ball" --out-wav speech.wav
-    ttt generate --audio runs/local/raw/spoken_qa/eval/eval_datas/llama_questions/audios/llama_questions_0000.wav \
+    ttt generate --audio runs/local/raw/spoken_qa/eval/eval_datas/llama_questions/audios/llama_questions_00000.wav \
         --out-wav answer.wav
 
 Elsewhere, name the run (`--run DIR`) or the checkpoint and codec themselves:

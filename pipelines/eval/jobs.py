@@ -43,6 +43,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.eval.compare import compare_runs
 from pipelines.eval.items import GENERATION_ERROR, INPUT_ERROR, TASKS, load_items
 from pipelines.eval.judges import VALID, Judgment, aggregate, build_judge
 from pipelines.eval.metrics import accuracy_vs_control, derangement, error_rate, error_rate_vs_control
@@ -403,6 +404,8 @@ def run_evaluation(cfg: Mapping[str, Any], codec_factory: Callable[[], Any] | No
 
             ray.shutdown()
     table = build_table(results)
+    table["comparisons"] = compare_runs(results, system_label, int(cfg["eval"].get("bootstrap", 0)),
+                                        int(cfg["eval"].get("seed", 0)))
     table["meta"] = {"judge": ", ".join(sorted({r["judge"] for r in results})),
                      "asr_models": json.dumps(results[0]["asr_models"], sort_keys=True) if results else "",
                      "items": items.num_rows, "dropped_by_readers": sum(dropped.values())}

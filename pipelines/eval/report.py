@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines.eval.compare import COMPARISON_HEADER, comparison_rows
 from pipelines.eval.table import format_value
 
 ITEMS_DIR = "items"  # pipelines/eval/jobs.py writes each run's per-item Parquet to {paths.eval}/<run_id>/items/
@@ -340,10 +341,11 @@ def control_rows(results: Mapping[str, Any]) -> list[tuple[Cell, ...]]:
     return rows
 
 
-def learning_section(eval_dir: Path) -> list[Block]:
+def learning_section(eval_dir: Path, level: int = 2,
+                     title: str = "Learning: held-out scores beside their controls") -> list[Block]:
     """Does the model learn? Every held-out score beside its control (the same outputs scored against other
     items' references), with 95 % bootstrap intervals; one table per evaluated run."""
-    blocks: list[Block] = [Heading(2, "Learning: held-out scores beside their controls")]
+    blocks: list[Block] = [Heading(level, title)]
     files = sorted(eval_dir.glob("*/results.json")) if eval_dir.is_dir() else []
     if not files:
         return [*blocks, Para(f"Scores {NOT_AVAILABLE}: no results.json under {eval_dir}.")]
@@ -358,7 +360,7 @@ def learning_section(eval_dir: Path) -> list[Block]:
             blocks.append(missing)
             continue
         rows = control_rows(results)
-        blocks.append(Heading(3, f"{results.get('system', '?')} ({results.get('run_id', path.parent.name)})"))
+        blocks.append(Heading(level + 1, f"{results.get('system', '?')} ({results.get('run_id', path.parent.name)})"))
         blocks.append(Table(("set", "n", "score [95 % CI]", "control [95 % CI]", "score - control [95 % CI]",
                              "verdict"), tuple(rows)) if rows else Para("No score with a control in this run."))
     return blocks
@@ -385,7 +387,8 @@ def sweep_section(sweep_eval_dir: Path) -> list[Block]:
         return [*blocks, missing]
     blocks.append(Para(f"From {table_path}: each objective variant trained on this run's shards with the same "
                        "settings (python workflows/sweep.py), then evaluated on the same items."))
-    return [*blocks, *table_blocks(sweep_eval_dir, table)]
+    return [*blocks, *table_blocks(sweep_eval_dir, table),
+            *learning_section(sweep_eval_dir, 3, "Each variant beside its controls")]
 
 
 def table_blocks(eval_dir: Path, table: Mapping[str, Any]) -> list[Block]:
@@ -398,6 +401,11 @@ def table_blocks(eval_dir: Path, table: Mapping[str, Any]) -> list[Block]:
                        "(lower is better). – = not evaluated."))
     blocks.append(Table(("System", *(f"{c['group']}: {c['label']}" for c in cols)),
                         tuple((r["label"], *(format_value(r["values"].get(c["key"])) for c in cols)) for r in rows)))
+    if table.get("comparisons"):
+        blocks.append(Para("Paired comparisons of systems on the same held-out items: the 95 % interval of the "
+                           "difference comes from resampling items for both systems at once; a system is named "
+                           "better only when that interval excludes 0 (pipelines/eval/compare.py)."))
+        blocks.append(Table(COMPARISON_HEADER, tuple(comparison_rows(table["comparisons"]))))
     meta = table.get("meta", {})
     if meta:
         blocks.append(Para("; ".join(f"{k}: {_fmt(v)}" for k, v in sorted(meta.items()))))

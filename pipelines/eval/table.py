@@ -14,6 +14,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pipelines.eval.compare import comparisons_markdown
+
 SYSTEM_ORDER = ("AR baseline", "NAR baseline", "TtT", "TtT w/o BANOM", "TtT w/o PPM", "TtT w/o SST")
 SUBSET_ORDER = ("llama_questions", "web_questions", "trivia_qa", "alpaca_eval")
 SUBSET_LABELS = {"llama_questions": "LLaMAQ", "web_questions": "WebQ", "trivia_qa": "TriviaQA",
@@ -125,6 +127,10 @@ def table_markdown(table: Mapping[str, Any]) -> str:
     for row in table["rows"]:
         cells = [_escape(row["label"]), *(format_value(row["values"].get(c["key"])) for c in cols)]
         lines.append("| " + " | ".join(cells) + " |")
+    if table.get("comparisons"):
+        lines += ["", "Paired comparisons on the same held-out items (paired bootstrap; a system is named better "
+                  "only when the 95 % interval of the difference excludes 0):", "",
+                  comparisons_markdown(table["comparisons"])]
     return "\n".join(lines)
 
 

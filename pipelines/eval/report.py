@@ -45,7 +45,15 @@ class Link:
     href: str
 
 
-Cell = str | Link
+@dataclass(frozen=True)
+class Audio:
+    """A playable audio file: an <audio> player in HTML, a link in Markdown."""
+
+    href: str
+    text: str = "audio"
+
+
+Cell = str | Link | Audio
 
 
 @dataclass(frozen=True)
@@ -75,7 +83,7 @@ Block = Heading | Para | Table | Image
 
 
 def _md_cell(c: Cell) -> str:
-    text = f"[{c.text}]({c.href})" if isinstance(c, Link) else c
+    text = f"[{c.text}]({c.href})" if isinstance(c, Link | Audio) else c
     return text.replace("|", "\\|").replace("\n", " ")
 
 
@@ -98,6 +106,8 @@ def render_markdown(blocks: Iterable[Block]) -> str:
 def _html_cell(c: Cell) -> str:
     if isinstance(c, Link):
         return f'<a href="{html.escape(c.href, quote=True)}">{html.escape(c.text)}</a>'
+    if isinstance(c, Audio):
+        return f'<audio controls preload="none" src="{html.escape(c.href, quote=True)}"></audio>'
     return html.escape(c)
 
 
@@ -448,30 +458,62 @@ def _count_rows(eval_dir: Path, run_ids: Sequence[str]) -> list[tuple[Cell, ...]
     return out
 
 
+_EXAMPLE_QUERIES = {
+    # (heading, SQL columns, header): what a reader needs to judge one answer by eye and by ear
+    "audio_qa": ("Spoken QA", "run_id, subset, audio_in_path, question, references_json, answer_text, "
+                 "speech_transcript, speech_verdict || ' / ' || text_verdict, audio_path",
+                 ("run", "subset", "question audio", "question", "references", "text answer", "speech transcript",
+                  "speech / text verdict", "answer audio")),
+    "asr": ("ASR", "run_id, subset, audio_in_path, references_json, answer_text",
+            ("run", "set", "input audio", "reference", "model transcript")),
+    "tts": ("TTS", "run_id, subset, question, speech_transcript, audio_path",
+            ("run", "set", "text", "Whisper transcript of the speech", "model speech")),
+}
+
+
+def _audio_cell(path: str | None, report_dir: Path) -> Cell:
+    return Audio(os.path.relpath(path, report_dir)) if path else "–"
+
+
 def examples_section(eval_dir: Path, report_dir: Path, n: int) -> list[Block]:
-    """A few Audio-QA answers with their transcripts, judgments and a link to the generated audio."""
-    blocks: list[Block] = [Heading(2, "Example answers")]
+    """A few evaluated items per task (spoken QA, ASR, TTS) with their inputs, outputs and judgments, and the
+    audio on both sides as players in the HTML page (links in Markdown): listening is how a user judges speech."""
+    blocks: list[Block] = [Heading(2, "Examples")]
     files = sorted(eval_dir.glob(f"*/{ITEMS_DIR}/*.parquet"))
     if not files:
-        return [*blocks, Para(f"Examples {NOT_AVAILABLE}: no Audio-QA result files under {eval_dir}.")]
-    try:
-        import duckdb
+        return [*blocks, Para(f"Examples {NOT_AVAILABLE}: no evaluated items under {eval_dir}.")]
+    glob = str(eval_dir / "*" / ITEMS_DIR / "*.parquet").replace("'", "''")
+    for task, (title, columns, header) in _EXAMPLE_QUERIES.items():
+        try:
+            import duckdb
 
-        glob = str(eval_dir / "*" / ITEMS_DIR / "*.parquet").replace("'", "''")
-        with duckdb.connect() as con:
-            rows = con.sql(
-                "SELECT run_id, subset, question, references_json, answer_text, speech_transcript, speech_verdict, "
-                f"text_verdict, audio_path FROM read_parquet('{glob}', union_by_name=true) WHERE task = 'audio_qa' "
-                f"AND status = 'ok' ORDER BY run_id, subset, item_id LIMIT {int(n)}").fetchall()
-    except Exception as e:  # a schema from another version of the job: skip the examples, keep the report
-        return [*blocks, Para(f"Examples {NOT_AVAILABLE}: {e.__class__.__name__}: {str(e)[:160]}")]
-    table_rows = []
-    for run_id, subset, question, refs, text, transcript, sv, tv, audio in rows:
-        audio_cell: Cell = Link("audio", os.path.relpath(audio, report_dir)) if audio else "–"
-        table_rows.append((run_id, subset, question, ", ".join(json.loads(refs or "[]"))[:120], text, transcript,
-                           f"{sv} / {tv}", audio_cell))
-    return [*blocks, Table(("run", "subset", "question", "references", "text answer", "speech transcript",
-                            "speech / text verdict", "audio"), tuple(table_rows))]
+            with duckdb.connect() as con:
+                rows = con.sql(f"SELECT {columns} FROM read_parquet('{glob}', union_by_name=true) "
+                               f"WHERE task = '{task}' AND status = 'ok' ORDER BY run_id, subset, item_id "
+                               f"LIMIT {int(n)}").fetchall()
+        except Exception as e:  # a schema from another version of the job: skip the examples, keep the report
+            blocks.append(Para(f"{title} examples {NOT_AVAILABLE}: {e.__class__.__name__}: {str(e)[:160]}"))
+            continue
+        if not rows:
+            continue
+        blocks.append(Heading(3, title))
+        blocks.append(Table(header, tuple(_example_row(task, row, report_dir) for row in rows)))
+    return blocks
+
+
+def _example_row(task: str, row: tuple[Any, ...], report_dir: Path) -> tuple[Cell, ...]:
+    def refs(value: str | None) -> str:
+        return ", ".join(json.loads(value or "[]"))[:120]
+
+    if task == "audio_qa":
+        run_id, subset, audio_in, question, references, text, transcript, verdicts, audio = row
+        return (run_id, subset, _audio_cell(audio_in, report_dir), question or "", refs(references), text or "",
+                transcript or "", verdicts or "", _audio_cell(audio, report_dir))
+    if task == "asr":
+        run_id, subset, audio_in, references, text = row
+        return run_id, subset, _audio_cell(audio_in, report_dir), refs(references), text or ""
+    run_id, subset, text, transcript, audio = row
+    return run_id, subset, text or "", transcript or "", _audio_cell(audio, report_dir)
 
 
 # ----------------------------------------------------------------------------------------------- speed

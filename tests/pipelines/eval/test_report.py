@@ -102,7 +102,7 @@ def make_run(root: Path) -> Path:
         "references_json": ['["Paris"]', '["x"]', '["hello"]'], "answer_text": ["Paris.", "", "hello"],
         "speech_transcript": ["Paris", "", None], "speech_verdict": ["correct", "", None],
         "text_verdict": ["correct", "", None], "audio_path": [str(wav), "", None],
-        "status": ["ok", "input_error", "ok"],
+        "audio_in_path": [str(wav), "", str(wav)], "status": ["ok", "input_error", "ok"],
     }), ev / "r1" / "items" / "part-0.parquet")
     (ev / "r1" / "results.json").write_text(json.dumps({
         "audio_qa": {"llama_questions": {"n_items": 2, "n_input_error": 1, "n_generation_error": 0,
@@ -135,13 +135,15 @@ def test_full_report(tmp_path: Path) -> None:
     assert "(1 unreadable lines skipped)" in md and "| value | 20 | 0.15 | 0.25 | 920 |" in md
     assert "| cache.tokens_per_s | 812.5 | tokens/s |" in md and "| speedup | 14.2 |  |" in md
     assert "What is the capital of France?" in md and "Unreadable question?" not in md  # failed items are not examples
-    assert "an asr item" not in md  # only Audio-QA items are examples
+    assert "### ASR" in md and "| r1 | ls | [audio](../eval/r1/audio/llama_questions/0.wav) | hello | hello |" in md
+    assert "### TTS" not in md  # no TTS item was evaluated
     assert "[audio](../eval/r1/audio/llama_questions/0.wav)" in md
     assert (out.markdown.parent / "../eval/r1/audio/llama_questions/0.wav").resolve().is_file()
     assert [p.name for p in out.plots] == ["run0_ttt_small_losses.png", "run0_ttt_small_throughput.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in out.plots)
     page = out.html.read_text()
     assert page.count("<table>") == md.count("\n|---") and 'src="plots/run0_ttt_small_losses.png"' in page
+    assert '<audio controls preload="none" src="../eval/r1/audio/llama_questions/0.wav"></audio>' in page
 
 
 def test_report_with_nothing_to_report(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ The same samples (a realistic task mix, 100–1500 tokens each) and the same los
   on CPU, a FlexAttention BlockMask on CUDA) and is shared by all layers (`forward_hidden`);
 - reference: one sample per row padded to `--seq-len` (2048, as the reference trains), and every forward
   rebuilds a dense additive float mask [B, 1, L, L] from the input ids (bidirectional runs of audio-class
-  tokens, causal elsewhere, padded keys masked), handed to SDPA (PAPER.md; such a mask rules out flash
+  tokens, causal elsewhere, padded keys masked), handed to SDPA (docs/paper-to-code.md; such a mask rules out flash
   kernels). It is built vectorised here, which is faster than the reference's own construction.
 
 Both run forward + hybrid loss (`hybrid_loss_sums`, LM head only at target positions) + backward over

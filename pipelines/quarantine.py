@@ -1,6 +1,6 @@
 """Row status, quarantine vocabulary and the quarantine table.
 
-Ray Data's `max_errored_blocks` drops whole blocks (RAY.md), so no stage of the tokenize job lets an
+Ray Data's `max_errored_blocks` drops whole blocks (docs/ray.md), so no stage of the tokenize job lets an
 exception escape: every UDF catches errors per row and marks the row instead. A row is `ok`, `quarantine`
 (something is wrong with the data: kept with where and why, for a human to look at) or `drop` (an
 explicit filter such as ratio sub-sampling: only counted, per reason). Stages skip rows that are not ok,
@@ -25,12 +25,20 @@ UNIT_FAILED = "unit_failed"  # a reader raised while reading a unit; rows after 
 MISSING_AUDIO = "missing_audio"
 NO_AUDIO = "no_audio"  # the task needs audio and the row points at none
 CORRUPT_AUDIO = "corrupt_audio"
+BAD_WINDOW = "bad_window"  # the row's time window starts past the end of its file, ends well beyond it, or is empty
 EMPTY_AUDIO = "empty_audio"
 NAN_AUDIO = "nan_audio"
 TOO_LONG = "too_long"
 TTS_FAILED = "tts_failed"
 ENCODE_FAILED = "encode_failed"
 BUILD_FAILED = "build_failed"
+
+# drop reasons (the `drop_reason` column) of records that are fine as data but unfit to train on, each against a
+# configured threshold (pipelines/tokenize_job.py: data.audio.*, data.max_sample_tokens)
+TOO_SHORT = "too_short"  # audio shorter than data.audio.min_seconds (below what a codec can encode)
+TOO_FAST = "too_many_chars_per_second"  # a transcript implausibly long for its audio (data.audio.max_chars_per_second)
+TOO_LONG_UNALIGNED = "too_long_unaligned"  # a transcript paired with audio over max_seconds: no alignments to split on
+LONGER_THAN_ROW = "longer_than_row"  # a sample longer than the training row (data.max_sample_tokens)
 
 QUARANTINE_SCHEMA = pa.schema([
     ("source", pa.string()),
@@ -69,7 +77,8 @@ def split_windows(num_samples: int, sample_rate: int, max_seconds: float) -> lis
 
 
 __all__ = [
-    "BUILD_FAILED", "CORRUPT_AUDIO", "DROP", "EMPTY_AUDIO", "ENCODE_FAILED", "MISSING_AUDIO", "NAN_AUDIO",
-    "NO_AUDIO", "OK", "QUARANTINE", "QUARANTINE_SCHEMA", "READER_ERROR", "STAGES", "TOO_LONG", "TTS_FAILED",
-    "UNIT_FAILED", "audio_problem", "error_detail", "split_windows",
+    "BAD_WINDOW", "BUILD_FAILED", "CORRUPT_AUDIO", "DROP", "EMPTY_AUDIO", "ENCODE_FAILED", "LONGER_THAN_ROW",
+    "MISSING_AUDIO", "NAN_AUDIO", "NO_AUDIO", "OK", "QUARANTINE", "QUARANTINE_SCHEMA", "READER_ERROR", "STAGES",
+    "TOO_FAST", "TOO_LONG", "TOO_LONG_UNALIGNED", "TOO_SHORT", "TTS_FAILED", "UNIT_FAILED", "audio_problem",
+    "error_detail", "split_windows",
 ]

@@ -15,6 +15,7 @@ tensor extension types.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -25,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
+import soundfile as sf
 from ray.data.block import Block, BlockAccessor
 from ray.data.datasource import Datasink
 
@@ -46,6 +48,13 @@ from tokenization.sequence import SPAN_ARROW_TYPE, spans_to_pylist
 from tokenization.vocab_factory import make_vocab
 
 AUDIO_INPUT_TASKS = ("asr", "aac", "sec", "asc")  # tasks that cannot be built without the record's own audio
+# Tasks whose text is a transcript of the record's own audio. Without time alignments (our rows have none) their
+# over-long audio cannot be split: the text of each window is unknown. And their text must fit their audio's length.
+# Captions, labels and spoken questions describe or accompany the audio, so those records' audio may be split.
+PAIRED_TASKS = ("asr", "tts")
+# How far a row's window may end past the end of its file: segment lists round their times, and compressed
+# formats decode to a few ms more or less than their headers say. A window ending further out is not this file's.
+WINDOW_SLACK_SECONDS = 0.5
 PCM, CODES = "<f4", "<i4"
 _BINARY_LIST = pa.list_(pa.binary())
 
@@ -232,12 +241,39 @@ def unit_failure_row(source: SourceConfig, unit: str, exc: BaseException) -> dic
 
 # ---- decode --------------------------------------------------------------------------------------------
 
-def decode_audio(batch: pa.Table, *, sample_rate: int, max_seconds: float, too_long: str) -> pa.Table:
+def window_problem(source: str | bytes, start: float | None, end: float | None) -> str:
+    """Why a row's time window does not fit its audio file, or "" (also for a row without a window).
+
+    Checked before decoding because libsndfile answers a seek past the end with an internal error message, and
+    a window that runs far past the end is read short without any error at all."""
+    start = start or 0.0
+    if not start and end is None:
+        return ""
+    window = f"[{start:.3f}, {'end' if end is None else f'{end:.3f}'}] s"
+    if start < 0 or (end is not None and end <= start):
+        return f"window {window} is empty or negative"
+    duration = sf.info(io.BytesIO(source) if isinstance(source, bytes) else source).duration
+    if not duration:
+        return ""  # an empty file: empty_audio, whatever the window
+    if start >= duration:
+        return f"window {window} starts at or after the end of the {duration:.3f} s file"
+    if end is not None and end > duration + WINDOW_SLACK_SECONDS:
+        return (f"window {window} ends {end - duration:.3f} s after the end of the {duration:.3f} s file "
+                f"(more than {WINDOW_SLACK_SECONDS} s)")
+    return ""
+
+
+def decode_audio(batch: pa.Table, *, sample_rate: int, max_seconds: float, too_long: str, min_seconds: float,
+                 max_chars_per_second: float | None) -> pa.Table:
     """Decode each ok row's audio (file window or bytes) to mono float32 at the codec's rate.
 
-    Resampling and down-mixing are recorded, not errors. Missing, corrupt, empty and non-finite audio go
-    to quarantine; audio longer than `max_seconds` is split into equal windows (`too_long: split`, each
-    window becomes its own span) or quarantined (`too_long: quarantine`)."""
+    Resampling and down-mixing are recorded, not errors. Missing, corrupt, empty and non-finite audio and windows
+    outside their file go to quarantine. Audio shorter than `min_seconds` is dropped (`too_short`: no codec here
+    encodes a few ms), and so is a transcript longer than `max_chars_per_second` allows for its audio
+    (`too_many_chars_per_second`: the text belongs to other audio, or the audio was cut). Audio longer than
+    `max_seconds` is split into equal windows (`too_long: split`, each window becomes its own span) or
+    quarantined (`too_long: quarantine`); split, a transcript paired with it (PAIRED_TASKS) would belong to no
+    window, so such records are dropped instead (`too_long_unaligned`)."""
     st = _Status(batch)
     n = batch.num_rows
     pcm: list[list[bytes]] = [[] for _ in range(n)]
@@ -247,6 +283,7 @@ def decode_audio(batch: pa.Table, *, sample_rate: int, max_seconds: float, too_l
     blobs = batch.column("audio_bytes").to_pylist()
     starts, ends = batch.column("audio_start").to_pylist(), batch.column("audio_end").to_pylist()
     kinds, tasks = batch.column("kind").to_pylist(), batch.column("task").to_pylist()
+    texts = batch.column("text").to_pylist()
     has_audio = [bool(p) or b is not None for p, b in zip(paths, blobs, strict=True)]
     for i in range(n):
         if not st.ok(i):
@@ -258,10 +295,14 @@ def decode_audio(batch: pa.Table, *, sample_rate: int, max_seconds: float, too_l
         if paths[i] and blobs[i] is None and not Path(paths[i]).is_file():
             st.quarantine(i, "decode", q.MISSING_AUDIO, f"no such file: {paths[i]}")
             continue
+        source = blobs[i] if blobs[i] is not None else paths[i]
         try:
-            wav, _, ainfo = load_audio(blobs[i] if blobs[i] is not None else paths[i], sample_rate,
-                                       starts[i] or 0.0, ends[i])
-        except Exception as exc:  # libsndfile errors, truncated files, bad windows
+            bad_window = window_problem(source, starts[i], ends[i])
+            if bad_window:
+                st.quarantine(i, "decode", q.BAD_WINDOW, f"{bad_window}: {paths[i] or 'bytes'}")
+                continue
+            wav, _, ainfo = load_audio(source, sample_rate, starts[i] or 0.0, ends[i])
+        except Exception as exc:  # libsndfile errors, truncated files
             st.quarantine(i, "decode", q.CORRUPT_AUDIO, q.error_detail(exc))
             continue
         problem = q.audio_problem(wav)
@@ -269,8 +310,18 @@ def decode_audio(batch: pa.Table, *, sample_rate: int, max_seconds: float, too_l
             st.quarantine(i, "decode", problem, f"{wav.size} samples decoded from {paths[i] or 'bytes'}")
             continue
         seconds = wav.size / sample_rate
+        paired = kinds[i] not in IMPORT_KINDS and output_task(tasks[i]) in PAIRED_TASKS
+        if seconds < min_seconds:
+            st.drop(i, "decode", q.TOO_SHORT)
+            continue
+        if paired and max_chars_per_second and len((texts[i] or "").strip()) > max_chars_per_second * seconds:
+            st.drop(i, "decode", q.TOO_FAST)
+            continue
         if seconds > max_seconds and too_long != "split":
             st.quarantine(i, "decode", q.TOO_LONG, f"{seconds:.1f} s > data.audio.max_seconds={max_seconds}")
+            continue
+        if seconds > max_seconds and paired:
+            st.drop(i, "decode", q.TOO_LONG_UNALIGNED)
             continue
         windows = q.split_windows(wav.size, sample_rate, max_seconds)
         pcm[i] = [wav[a:b].astype(PCM).tobytes() for a, b in windows]
@@ -420,6 +471,15 @@ class Encode:
         return _set(out, "speech_codes", codes["speech"], _BINARY_LIST)
 
 
+def without_codes(batch: pa.Table) -> pa.Table:
+    """The `Encode` stage's output shape for a job with nothing to encode (a declared codec: every source is
+    already codes, which the job checks before it starts), as a plain task instead of a codec actor pool."""
+    n = batch.num_rows
+    out = batch.drop_columns(["audio_pcm", "speech_pcm"])
+    out = _set(out, "audio_codes", [[] for _ in range(n)], _BINARY_LIST)
+    return _set(out, "speech_codes", [[] for _ in range(n)], _BINARY_LIST)
+
+
 # ---- build ---------------------------------------------------------------------------------------------
 
 def _codes(blobs: Sequence[bytes]) -> list[np.ndarray]:
@@ -427,9 +487,13 @@ def _codes(blobs: Sequence[bytes]) -> list[np.ndarray]:
 
 
 def build_rows(batch: pa.Table, *, text_tokenizer: str, codec_identity: Mapping[str, Any],
-               layout: str, text_subset: Sequence[int] = ()) -> pa.Table:
+               layout: str, max_sample_tokens: int | None, text_subset: Sequence[int] = ()) -> pa.Table:
     """Text tokenize + task builder + span validation for each ok row -> STAGED_SCHEMA (one row per
-    record, whatever its status). `text_subset`: the corpus-sized text vocabulary's base ids (or empty)."""
+    record, whatever its status). `text_subset`: the corpus-sized text vocabulary's base ids (or empty).
+
+    A sample longer than `max_sample_tokens` (the training row; None: no limit) is dropped (`longer_than_row`),
+    so it is counted here: the trainer would keep only a prefix of it (ttt_model/packing.py::fit_to_length),
+    which cuts a chat where its answer is (an ASR transcript cut short, a TTS target span left out whole)."""
     identity = CodecIdentity(**codec_identity)
     vocab = make_vocab(text_tokenizer, identity, layout, tuple(text_subset))
     st = _Status(batch)
@@ -452,6 +516,9 @@ def build_rows(batch: pa.Table, *, text_tokenizer: str, codec_identity: Mapping[
             st.quarantine(i, "build", q.BUILD_FAILED, q.error_detail(exc))
             continue
         seq = sample.sequence
+        if max_sample_tokens is not None and len(seq.input_ids) > max_sample_tokens:
+            st.drop(i, "build", q.LONGER_THAN_ROW)
+            continue
         tasks[i], texts[i], ids[i] = sample.task, sample.text, seq.input_ids
         spans[i] = spans_to_pylist(seq.spans)
         n_text[i], n_audio[i] = seq.n_text_tokens, seq.n_audio_tokens
@@ -512,7 +579,8 @@ def staged_keys(directory: Path) -> np.ndarray:
 
 
 __all__ = [
-    "AUDIO_INPUT_TASKS", "READ_SCHEMA", "STAGED_SCHEMA", "DoneSet", "Encode", "StagingSink", "Synthesize",
-    "build_rows", "check_codes", "classify_raw", "decode_audio", "encode_grouped", "ratio_copies", "read_units",
-    "record_key", "record_of", "staged_keys", "unit_failure_row",
+    "AUDIO_INPUT_TASKS", "PAIRED_TASKS", "READ_SCHEMA", "STAGED_SCHEMA", "WINDOW_SLACK_SECONDS", "DoneSet", "Encode",
+    "StagingSink", "Synthesize", "build_rows", "check_codes", "classify_raw", "decode_audio", "encode_grouped",
+    "ratio_copies", "read_units", "record_key", "record_of", "staged_keys", "unit_failure_row", "window_problem",
+    "without_codes",
 ]

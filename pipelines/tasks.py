@@ -1,7 +1,7 @@
 """Task builders: one corpus record (+ its audio codes) -> one training sequence and its span table.
 
 Pure functions over the unified vocabulary; the tokenize job calls them per row after decoding, TTS and
-codec encoding. Tasks (DESIGN.md): asr, tts, audio_chat, text_chat, interleaved, aac/sec/asc; spoken QA
+codec encoding. Tasks (docs/architecture.md): asr, tts, audio_chat, text_chat, interleaved, aac/sec/asc; spoken QA
 rows train as audio_chat; `ttt_json` rows (the reference's already-tokenized format) are imported as is.
 
 Speech that a record lacks (chat answers, document sentences, TTS targets of text-only sources) is
@@ -320,8 +320,11 @@ BUILDERS = {
 
 
 def build_sample(vocab: UnifiedVocab, rec: Record) -> Sample:
-    """Build and validate one record's sequence; ValueError (-> quarantine) when it cannot be built."""
-    if is_pretokenized(rec):
+    """Build and validate one record's sequence; ValueError (-> quarantine) when it cannot be built.
+
+    With a declared codec (no weights: the data is already codes) every reference-format row is imported as
+    written, as the reference trains it: a plain-text document stays text, since no speech can be made for it."""
+    if is_pretokenized(rec) or (rec.kind in IMPORT_KINDS and vocab.codec.declared):
         sample = build_import(vocab, rec)
     else:
         task = output_task(rec.task)

@@ -25,18 +25,26 @@ membership depends only on record ids and each shard is sorted, not on execution
 The fingerprint (sources, vocabulary manifest, content-affecting settings, job format) names the
 staging directory: staging of a different configuration is never reused. Two jobs must not write the
 same `paths.shards` at once.
+
+Ray Data waits silently, and forever, for resources it cannot get. So the actor pools are sized against the
+cluster's CPUs before the stage phase (`size_pools`: at least one CPU stays with the tasks), and each phase runs
+under a watchdog (`watch_phase`) that warns when no staged file has appeared for data.job.stall_warn_seconds and
+fails the job after data.job.stall_fail_seconds, naming the phase and the free resources.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import json
 import logging
 import os
 import shutil
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -64,14 +72,17 @@ from pipelines.shards import (
     write_quarantine_part,
     write_wds_shard,
 )
+from pipelines.tasks import IMPORT_KINDS
 from pipelines.text_vocab import TEXT_VOCABS, corpus_text_tokenizer
 from tokenization.codecs.base import CodecIdentity
+from tokenization.codecs.declared import KIND as DECLARED_KIND
 from tokenization.vocab import UnifiedVocab, read_manifest, write_manifest
 
-JOB_FORMAT = 1  # bump when staged or shard content changes for the same configuration
+JOB_FORMAT = 2  # bump when staged or shard content changes for the same configuration
 STAGING_DIR = "_staging"
 SHARD_STATS_KEY = b"ttt.shard_stats"
 MIB = 1 << 20
+TASK_CPUS = 1.0  # what a read/decode/build/write task asks of Ray (Ray Data's default); one must fit beside the pools
 log = logging.getLogger(__name__)
 
 
@@ -94,6 +105,9 @@ class JobSettings:
     text_subset: tuple[int, ...] = ()  # set by run_tokenize_job when text_vocab is corpus
     max_seconds: float = 30.0
     too_long: str = "split"
+    min_seconds: float = 0.1
+    max_chars_per_second: float | None = 30.0
+    max_sample_tokens: int | None = None
     tts_voice: str = "piper:joe"
     tts_voices: Mapping[str, str] | None = None
     tts_max_chars: int = 2000
@@ -116,16 +130,25 @@ class JobSettings:
     num_cpus: int = 4
     address: str | None = None
     object_store_gb: float = 2.0
+    stall_warn_seconds: float = 300.0
+    stall_fail_seconds: float = 1800.0
     force: bool = False
 
     def content(self) -> dict[str, Any]:
         """Settings that change what is staged or written (the fingerprint's input)."""
         return {
             "sources": [asdict(s) for s in self.sources], "max_seconds": self.max_seconds,
-            "too_long": self.too_long, "tts_voice": self.tts_voice, "tts_voices": dict(self.tts_voices or {}),
+            "too_long": self.too_long, "min_seconds": self.min_seconds,
+            "max_chars_per_second": self.max_chars_per_second, "max_sample_tokens": self.max_sample_tokens,
+            "tts_voice": self.tts_voice, "tts_voices": dict(self.tts_voices or {}),
             "tts_max_chars": self.tts_max_chars, "rows_per_shard": self.rows_per_shard,
             "row_group_rows": self.row_group_rows, "webdataset": self.webdataset, "compression": self.compression,
         }
+
+
+def _optional(value: Any, type_: Callable[[Any], Any]) -> Any:
+    """A setting that may be null (no limit)."""
+    return None if value is None else type_(value)
 
 
 def _section(cfg: Mapping[str, Any], *keys: str) -> Mapping[str, Any]:
@@ -136,15 +159,27 @@ def _section(cfg: Mapping[str, Any], *keys: str) -> Mapping[str, Any]:
 
 
 def load_sources(data: Mapping[str, Any]) -> list[SourceConfig]:
-    """`data.sources_file` (a YAML list, or a mapping with a `sources` list) when set, else `data.sources`."""
+    """`data.sources_file` (a YAML list, or a mapping with a `sources` list, or the reference implementation's
+    data_config JSON: pipelines/reference_format.py) when set, else `data.sources`."""
+    from pipelines.reference_format import is_data_config, sources_from_data_config
+
     sources_file = data.get("sources_file")
     if sources_file:
         path = Path(str(sources_file)).expanduser()
         if not path.is_file():
             raise JobConfigError(f"data.sources_file: {path} does not exist")
-        loaded = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+        try:  # JSON may be tab-indented, which YAML refuses
+            loaded = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as e:
+            raise JobConfigError(f"data.sources_file: {path} does not parse: {e}") from None
         entries = loaded.get("sources") if isinstance(loaded, Mapping) else loaded
         where = str(path)
+        if is_data_config(entries):
+            try:
+                entries = sources_from_data_config(entries, path.absolute().parent)
+            except ValueError as e:
+                raise JobConfigError(f"{where}: {e}") from None
     else:
         entries, where = data.get("sources"), "data.sources"
     if not isinstance(entries, Sequence) or isinstance(entries, str) or not entries:
@@ -183,6 +218,9 @@ def settings_from_config(cfg: Mapping[str, Any]) -> JobSettings:
         text_vocab=str(data.get("text_vocab") or defaults.text_vocab),
         max_seconds=float(audio.get("max_seconds", defaults.max_seconds)),
         too_long=str(audio.get("too_long", defaults.too_long)),
+        min_seconds=float(audio.get("min_seconds", defaults.min_seconds)),
+        max_chars_per_second=_optional(audio.get("max_chars_per_second", defaults.max_chars_per_second), float),
+        max_sample_tokens=_optional(data.get("max_sample_tokens", defaults.max_sample_tokens), int),
         tts_voice=str(tts.get("voice", defaults.tts_voice)),
         tts_voices=dict(tts.get("voices") or {}),
         tts_max_chars=int(tts.get("max_chars", defaults.tts_max_chars)),
@@ -205,6 +243,8 @@ def settings_from_config(cfg: Mapping[str, Any]) -> JobSettings:
         num_cpus=int(job.get("num_cpus", defaults.num_cpus)),
         address=job.get("address") or None,
         object_store_gb=float(job.get("object_store_gb", defaults.object_store_gb)),
+        stall_warn_seconds=float(job.get("stall_warn_seconds", defaults.stall_warn_seconds)),
+        stall_fail_seconds=float(job.get("stall_fail_seconds", defaults.stall_fail_seconds)),
         force=bool(cfg.get("force", False)),
     )
     problems = []
@@ -215,11 +255,24 @@ def settings_from_config(cfg: Mapping[str, Any]) -> JobSettings:
                         "the full Qwen ids)")
     if s.too_long not in ("split", "quarantine"):
         problems.append(f"data.audio.too_long must be split|quarantine, got {s.too_long!r}")
-    for name in ("max_seconds", "tts_max_chars", "tts_pool", "tts_memory_mb", "encode_pool", "encode_memory_mb",
-                 "encode_batch_rows", "encode_max_batch_seconds", "rows_per_block", "staging_rows_per_file",
-                 "finalize_rows_per_task", "rows_per_shard", "row_group_rows", "num_cpus"):
+    for name in ("max_seconds", "min_seconds", "tts_max_chars", "tts_pool", "tts_memory_mb", "encode_pool",
+                 "encode_memory_mb", "encode_batch_rows", "encode_max_batch_seconds", "rows_per_block",
+                 "staging_rows_per_file", "finalize_rows_per_task", "rows_per_shard", "row_group_rows", "num_cpus",
+                 "stall_warn_seconds", "stall_fail_seconds"):
         if getattr(s, name) <= 0:
             problems.append(f"{name} must be positive, got {getattr(s, name)}")
+    for name in ("max_chars_per_second", "max_sample_tokens"):
+        if getattr(s, name) is not None and getattr(s, name) <= 0:
+            problems.append(f"{name} must be positive or null (no limit), got {getattr(s, name)}")
+    if s.min_seconds >= s.max_seconds:
+        problems.append(f"data.audio.min_seconds={s.min_seconds} must be below data.audio.max_seconds={s.max_seconds}")
+    if s.stall_warn_seconds > s.stall_fail_seconds:
+        problems.append(f"data.job.stall_warn_seconds={s.stall_warn_seconds:g} must not exceed "
+                        f"data.job.stall_fail_seconds={s.stall_fail_seconds:g}")
+    if not can_encode(codec):
+        problems += [f"source {src.source_name!r} ({src.kind}) has audio to encode, but codec {codec.get('name')!r} "
+                     "is declared (no weights): configure the real codec, or list only sources that are already "
+                     f"codes ({', '.join(IMPORT_KINDS)})" for src in s.sources if src.kind not in IMPORT_KINDS]
     if problems:
         raise JobConfigError("; ".join(problems))
     return s
@@ -299,6 +352,13 @@ class RunLayout:
 
 # ---- phase 1: stage ------------------------------------------------------------------------------------
 
+def can_encode(codec: Mapping[str, Any]) -> bool:
+    """Whether the configured codec can turn audio into codes. A declared codec (the identity of pre-coded
+    data, without weights) cannot, so the job starts neither speech-synthesis nor codec actors, and
+    `settings_from_config` admits only sources whose audio is already codes."""
+    return codec.get("kind") != DECLARED_KIND
+
+
 def needs_speech(sources: Sequence[SourceConfig]) -> bool:
     """Whether any source can need TTS (otherwise the TTS actor pool is left out of the pipeline)."""
     from pipelines.readers import get_reader
@@ -307,13 +367,188 @@ def needs_speech(sources: Sequence[SourceConfig]) -> bool:
     return any(may_need_speech(s.kind, s.task or get_reader(s.kind).default_task) for s in sources)
 
 
+def actor_pools(settings: JobSettings) -> dict[str, tuple[int, float]]:
+    """The actor pools the stage phase starts, by config section: (actors, CPUs each). No pools with a declared
+    codec; no speech-synthesis pool when no source can need speech."""
+    if not can_encode(settings.codec):
+        return {}
+    pools = {"encode": (settings.encode_pool, settings.encode_num_cpus)}
+    if needs_speech(settings.sources):
+        pools = {"tts": (settings.tts_pool, settings.tts_num_cpus), **pools}
+    return pools
+
+
+def size_pools(settings: JobSettings, cluster_cpus: float) -> JobSettings:
+    """Pool sizes that leave the read/decode/build/write tasks at least one CPU of `cluster_cpus`.
+
+    Actor pools hold their CPUs for the whole stage phase, and Ray Data's streaming executor waits, silently and
+    forever, for a task that cannot get a CPU ("Active & requested resources: 3/2 CPU" with two 0.5-CPU speech
+    actors and a 1-CPU codec actor on 2 CPUs). A pool's size only sets throughput (the shards do not depend on
+    it), so pools are shrunk one actor at a time, the pool holding the most CPUs first, with a warning. The CPUs
+    of one actor are the user's statement of what its model needs, so when even one actor per pool leaves no
+    CPU for the tasks, the job refuses to start (JobConfigError) and names the settings to change."""
+    pools = actor_pools(settings)
+    sizes = {name: size for name, (size, _) in pools.items()}
+
+    def reserved() -> float:
+        return sum(sizes[name] * cpus for name, (_, cpus) in pools.items())
+
+    configured = reserved()
+    while cluster_cpus - reserved() < TASK_CPUS:
+        shrinkable = [name for name, (_, cpus) in pools.items() if sizes[name] > 1 and cpus > 0]
+        if not shrinkable:
+            held = ", ".join(f"data.{name}: 1 actor x {cpus:g} CPU" for name, (_, cpus) in pools.items())
+            raise JobConfigError(
+                f"the Ray cluster has {cluster_cpus:g} CPUs (data.job.num_cpus for a local one), but the actor pools "
+                f"hold {reserved():g} of them for the whole stage phase even at one actor each ({held}), leaving "
+                f"{cluster_cpus - reserved():g} < {TASK_CPUS:g} CPU for the read/decode/build tasks: Ray Data would "
+                f"wait forever. Raise data.job.num_cpus to at least {reserved() + TASK_CPUS:g} (logical CPUs; more "
+                "than the machine's cores is fine), or lower data.tts.num_cpus / data.encode.num_cpus")
+        name = max(shrinkable, key=lambda n: sizes[n] * pools[n][1])
+        sizes[name] -= 1
+    if reserved() == configured:
+        return settings
+    log.warning("the actor pools as configured would hold %g of the Ray cluster's %g CPUs for the whole stage "
+                "phase, leaving under %g CPU for the read/decode/build tasks (Ray Data would wait forever); running "
+                "%s instead (raise data.job.num_cpus to run them as configured)", configured, cluster_cpus, TASK_CPUS,
+                ", ".join(f"data.{name}.pool_size={sizes[name]} (configured {size})"
+                          for name, (size, _) in pools.items() if sizes[name] != size))
+    return replace(settings, tts_pool=sizes.get("tts", settings.tts_pool),
+                   encode_pool=sizes.get("encode", settings.encode_pool))
+
+
+# ---- stall watchdog ------------------------------------------------------------------------------------
+
+_stall_reasons: dict[int, str] = {}  # thread id -> why the watchdog stopped the job running in that thread
+
+
+class JobStalledError(RuntimeError):
+    """A phase of the job made no progress for data.job.stall_fail_seconds.
+
+    `watching` raises it inside the job's thread, as a class (that is all CPython can raise asynchronously), so
+    the message is looked up here, from what the watchdog recorded for the thread it is raised in."""
+
+    def __init__(self, reason: str | None = None) -> None:
+        super().__init__(reason or _stall_reasons.get(threading.get_ident(), "the tokenize job made no progress"))
+
+
+class StallWatchdog:
+    """Decides, poll by poll, whether a phase of the job has stalled.
+
+    `progress()` returns anything that changes while the phase works (here: the number of complete files in the
+    staging directory); `describe()` the resources, for the messages. After `warn_s` without a change it logs a
+    warning naming the phase and the resources (again every `warn_s`); after `fail_s`, `check` returns the reason
+    to fail the job with. The clock is injected, so the decision is tested without waiting minutes."""
+
+    def __init__(self, phase: str, progress: Callable[[], object], describe: Callable[[], str], warn_s: float,
+                 fail_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.phase, self.progress, self.describe = phase, progress, describe
+        self.warn_s, self.fail_s, self.clock = warn_s, fail_s, clock
+        self._value, self._since, self._next_warning = progress(), clock(), warn_s
+
+    def _resources(self) -> str:
+        try:
+            return self.describe()
+        except Exception as exc:  # a message must not fail for want of its details
+            return f"resources unknown ({q.error_detail(exc)})"
+
+    def check(self) -> str | None:
+        """One poll: None while the phase makes progress or has not stalled for `fail_s`, else the reason."""
+        now, value = self.clock(), self.progress()
+        if value != self._value:
+            self._value, self._since, self._next_warning = value, now, self.warn_s
+            return None
+        idle = now - self._since
+        if idle >= self.fail_s:
+            return (f"{self.phase} made no progress for {idle:.0f} s (data.job.stall_fail_seconds="
+                    f"{self.fail_s:g}); {self._resources()}")
+        if idle >= self._next_warning:
+            log.warning("%s has made no progress for %.0f s; %s. The job fails after data.job.stall_fail_seconds=%g "
+                        "without progress", self.phase, idle, self._resources(), self.fail_s)
+            self._next_warning += self.warn_s
+        return None
+
+
+def _raise_in_thread(thread_id: int, exc_type: type[BaseException] | None) -> None:
+    """Raise `exc_type` in another thread at its next Python instruction; None withdraws one not yet raised."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id),
+                                               None if exc_type is None else ctypes.py_object(exc_type))
+
+
+@contextlib.contextmanager
+def watching(watchdog: StallWatchdog, poll_s: float) -> Iterator[None]:
+    """Poll `watchdog` in a thread while the body runs; when it reports a stall, raise JobStalledError in the body.
+
+    Raised asynchronously in the body's own thread (which need not be the main thread): the body waits inside
+    Ray Data's consumer loop, which sleeps in 10 ms steps and shuts the execution down, actor pools included,
+    on any exception there, exactly as on Ctrl-C. A stall found just as the body ends is withdrawn."""
+    target, stop, lock = threading.get_ident(), threading.Event(), threading.Lock()
+
+    def loop() -> None:
+        while not stop.wait(poll_s):
+            reason = watchdog.check()
+            if reason:
+                with lock:
+                    if not stop.is_set():
+                        _stall_reasons[target] = reason
+                        _raise_in_thread(target, JobStalledError)
+                return
+
+    thread = threading.Thread(target=loop, name=f"stall watchdog: {watchdog.phase}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        with lock:
+            stop.set()
+            _raise_in_thread(target, None)
+        thread.join()
+        _stall_reasons.pop(target, None)
+
+
+def _complete_files(directory: Path) -> int:
+    """Complete Parquet files under `directory` (staged rows, spill parts, shards: each appears by an atomic
+    rename): what the watchdog takes as progress."""
+    return sum(1 for _ in directory.rglob("*.parquet"))
+
+
+def _resources(pools: Mapping[str, tuple[int, float]]) -> str:
+    """The cluster's free and total resources and what the actor pools hold, for the watchdog's messages."""
+    import ray
+
+    total, free = ray.cluster_resources(), ray.available_resources()
+    have = [f"{key} {free.get(key, 0.0):g} free of {total[key]:g}" for key in ("CPU", "GPU") if key in total]
+    if "memory" in total:
+        have.append(f"memory {free.get('memory', 0.0) / (1 << 30):.1f} GiB free of {total['memory'] / (1 << 30):.1f}")
+    held = "; actor pools hold " + ", ".join(f"data.{name}: {size} x {cpus:g} CPU"
+                                             for name, (size, cpus) in pools.items()) if pools else ""
+    return f"Ray cluster: {', '.join(have)}{held}"
+
+
+def watch_phase(settings: JobSettings, phase: str, layout: RunLayout,
+                pools: Mapping[str, tuple[int, float]]) -> contextlib.AbstractContextManager[None]:
+    """The stall watchdog of one phase (progress: complete files in the staging directory)."""
+    watchdog = StallWatchdog(phase, lambda: _complete_files(layout.staging), lambda: _resources(pools),
+                             settings.stall_warn_seconds, settings.stall_fail_seconds)
+    return watching(watchdog, poll_s=min(10.0, settings.stall_warn_seconds / 10))
+
+
 def stage_records(settings: JobSettings, units: Sequence[Sequence[str]], identity: CodecIdentity,
                   layout: RunLayout) -> int:
     """Phase 1; returns how many records an interrupted earlier run had already staged."""
     import ray
     import ray.data
 
-    from pipelines.stages import Encode, StagingSink, Synthesize, build_rows, decode_audio, read_units, staged_keys
+    from pipelines.stages import (
+        Encode,
+        StagingSink,
+        Synthesize,
+        build_rows,
+        decode_audio,
+        read_units,
+        staged_keys,
+        without_codes,
+    )
 
     done = staged_keys(layout.rows)
     if len(done):
@@ -330,8 +565,10 @@ def stage_records(settings: JobSettings, units: Sequence[Sequence[str]], identit
                         fn_kwargs={"sources": sources, "done": [ray.put(done)], "rows_per_block": block})
     ds = ds.map_batches(decode_audio, batch_size=block, batch_format="pyarrow",
                         fn_kwargs={"sample_rate": identity.sample_rate, "max_seconds": settings.max_seconds,
-                                   "too_long": settings.too_long})
-    if needs_speech(settings.sources):
+                                   "too_long": settings.too_long, "min_seconds": settings.min_seconds,
+                                   "max_chars_per_second": settings.max_chars_per_second})
+    pools = actor_pools(settings)
+    if "tts" in pools:
         ds = ds.map_batches(Synthesize, batch_size=block, batch_format="pyarrow",
                             compute=ray.data.ActorPoolStrategy(size=settings.tts_pool), num_cpus=settings.tts_num_cpus,
                             memory=settings.tts_memory_mb * MIB,
@@ -339,16 +576,23 @@ def stage_records(settings: JobSettings, units: Sequence[Sequence[str]], identit
                                                    "voices": dict(settings.tts_voices or {}),
                                                    "sample_rate": identity.sample_rate,
                                                    "max_chars": settings.tts_max_chars})
-    ds = ds.map_batches(Encode, batch_size=settings.encode_batch_rows, batch_format="pyarrow",
-                        compute=ray.data.ActorPoolStrategy(size=settings.encode_pool),
-                        num_gpus=settings.encode_num_gpus, num_cpus=settings.encode_num_cpus,
-                        memory=settings.encode_memory_mb * MIB,
-                        fn_constructor_kwargs={"codec_cfg": dict(settings.codec), "sample_rate": identity.sample_rate,
-                                               "max_batch_seconds": settings.encode_max_batch_seconds})
+    if "encode" in pools:
+        ds = ds.map_batches(Encode, batch_size=settings.encode_batch_rows, batch_format="pyarrow",
+                            compute=ray.data.ActorPoolStrategy(size=settings.encode_pool),
+                            num_gpus=settings.encode_num_gpus, num_cpus=settings.encode_num_cpus,
+                            memory=settings.encode_memory_mb * MIB,
+                            fn_constructor_kwargs={"codec_cfg": dict(settings.codec),
+                                                   "sample_rate": identity.sample_rate,
+                                                   "max_batch_seconds": settings.encode_max_batch_seconds})
+    else:
+        ds = ds.map_batches(without_codes, batch_size=block, batch_format="pyarrow")
     ds = ds.map_batches(build_rows, batch_size=block, batch_format="pyarrow",
                         fn_kwargs={"text_tokenizer": settings.text_tokenizer, "codec_identity": identity.to_dict(),
-                                   "layout": settings.layout, "text_subset": list(settings.text_subset)})
-    ds.write_datasink(StagingSink(str(layout.rows), settings.staging_rows_per_file))
+                                   "layout": settings.layout, "max_sample_tokens": settings.max_sample_tokens,
+                                   "text_subset": list(settings.text_subset)})
+    with watch_phase(settings, "the stage phase (read -> decode -> synthesize -> encode -> build -> staged files)",
+                     layout, pools):
+        ds.write_datasink(StagingSink(str(layout.rows), settings.staging_rows_per_file))
     layout.rows_done.touch()
     return len(done)
 
@@ -458,23 +702,24 @@ def finalize(settings: JobSettings, vocab: UnifiedVocab, layout: RunLayout) -> d
     pending = sorted(set(expected) - set(done))
     vocab_manifest = vocab.manifest()
     spill = layout.staging / "spill"
-    if pending and not layout.spill_done.is_file():
-        files = [str(p) for p in sorted(layout.rows.glob("*.parquet"))]
-        per_task = max(1, settings.finalize_rows_per_task // settings.staging_rows_per_file)
-        groups = [{"file": f, "group": i // per_task} for i, f in enumerate(files)]
-        if groups:
-            ds = ray.data.from_items(groups, override_num_blocks=-(-len(files) // per_task))
-            ds.map_batches(partition_group, batch_size=per_task, batch_format="pyarrow",
-                           fn_kwargs={"spill_dir": str(spill), "num_shards": n_shards,
-                                      "num_quarantine": n_quarantine, "skip": done}).materialize()
-        layout.spill_done.touch()
-    if pending:
-        part_args = {"spill_dir": str(spill), "final_dir": str(layout.final), "vocab_manifest": vocab_manifest,
-                     "num_shards": n_shards, "num_quarantine": n_quarantine,
-                     "row_group_rows": settings.row_group_rows, "compression": settings.compression,
-                     "webdataset": settings.webdataset}
-        ray.data.from_items([{"part": p} for p in pending], override_num_blocks=len(pending)).map_batches(
-            write_parts, batch_size=1, batch_format="pyarrow", fn_kwargs=part_args).materialize()
+    with watch_phase(settings, "the finalize phase (partition staged rows -> write shards)", layout, {}):
+        if pending and not layout.spill_done.is_file():
+            files = [str(p) for p in sorted(layout.rows.glob("*.parquet"))]
+            per_task = max(1, settings.finalize_rows_per_task // settings.staging_rows_per_file)
+            groups = [{"file": f, "group": i // per_task} for i, f in enumerate(files)]
+            if groups:
+                ds = ray.data.from_items(groups, override_num_blocks=-(-len(files) // per_task))
+                ds.map_batches(partition_group, batch_size=per_task, batch_format="pyarrow",
+                               fn_kwargs={"spill_dir": str(spill), "num_shards": n_shards,
+                                          "num_quarantine": n_quarantine, "skip": done}).materialize()
+            layout.spill_done.touch()
+        if pending:
+            part_args = {"spill_dir": str(spill), "final_dir": str(layout.final), "vocab_manifest": vocab_manifest,
+                         "num_shards": n_shards, "num_quarantine": n_quarantine,
+                         "row_group_rows": settings.row_group_rows, "compression": settings.compression,
+                         "webdataset": settings.webdataset}
+            ray.data.from_items([{"part": p} for p in pending], override_num_blocks=len(pending)).map_batches(
+                write_parts, batch_size=1, batch_format="pyarrow", fn_kwargs=part_args).materialize()
     shutil.rmtree(spill, ignore_errors=True)
     counts = collect_counts(settings, layout.final, staged_counts)
     shards_info = {
@@ -495,6 +740,15 @@ def finalize(settings: JobSettings, vocab: UnifiedVocab, layout: RunLayout) -> d
 def _zero_counts() -> dict[str, Any]:
     return {"read": 0, "written_records": 0, "written_samples": 0, "quarantined": 0, "dropped": {},
             "tokens": 0, "text_tokens": 0, "audio_tokens": 0, "audio_hours": 0.0, "tasks": {}}
+
+
+def drop_limits(settings: JobSettings) -> dict[str, str]:
+    """The setting behind each drop reason that is a threshold, as the summary names it next to the count."""
+    return {q.TOO_SHORT: f"below data.audio.min_seconds={settings.min_seconds:g}",
+            q.TOO_FAST: f"above data.audio.max_chars_per_second={settings.max_chars_per_second}",
+            q.TOO_LONG_UNALIGNED: f"transcribed audio above data.audio.max_seconds={settings.max_seconds:g}",
+            q.LONGER_THAN_ROW: f"above data.max_sample_tokens={settings.max_sample_tokens}",
+            "tts_too_long": f"above data.tts.max_chars={settings.tts_max_chars}"}
 
 
 def collect_counts(settings: JobSettings, final_dir: Path, staged_counts: Sequence[Mapping[str, Any]]
@@ -555,7 +809,8 @@ def collect_counts(settings: JobSettings, final_dir: Path, staged_counts: Sequen
         total["audio_hours"] = round(total["audio_hours"] + c["audio_hours"], 6)
         for reason, n in c["dropped"].items():
             total["dropped"][reason] = total["dropped"].get(reason, 0) + n
-    return {"sources": sources, "tasks": tasks, "total": total, "quarantine_reasons": reasons}
+    limits = {reason: limit for reason, limit in drop_limits(settings).items() if reason in total["dropped"]}
+    return {"sources": sources, "tasks": tasks, "total": total, "quarantine_reasons": reasons, "drop_limits": limits}
 
 
 def format_summary(counts: Mapping[str, Any]) -> str:
@@ -573,8 +828,9 @@ def format_summary(counts: Mapping[str, Any]) -> str:
     lines.insert(1, "-" * len(lines[0]))
     for reason, n in sorted(counts["quarantine_reasons"].items()):
         lines.append(f"quarantined {reason}: {n}")
+    limits = counts.get("drop_limits", {})  # absent from manifests of job format 1
     for reason, n in sorted(counts["total"]["dropped"].items()):
-        lines.append(f"dropped {reason}: {n}")
+        lines.append(f"dropped {reason}: {n}" + (f" ({limits[reason]})" if reason in limits else ""))
     return "\n".join(lines)
 
 
@@ -655,6 +911,9 @@ def run_tokenize_job(cfg: Mapping[str, Any]) -> JobReport:
         owns_ray = ensure_ray(settings.address, settings.num_cpus, settings.object_store_gb)
         try:
             if not layout.rows_done.is_file():
+                import ray
+
+                settings = size_pools(settings, float(ray.cluster_resources().get("CPU", 0.0)))
                 t1 = time.perf_counter()
                 resumed = stage_records(settings, units, identity, layout)
                 timings["stage_s"] = round(time.perf_counter() - t1, 3)
@@ -674,7 +933,9 @@ def run_tokenize_job(cfg: Mapping[str, Any]) -> JobReport:
 
 
 __all__ = [
-    "JOB_FORMAT", "JobConfigError", "JobReport", "JobSettings", "RunLayout", "assign_parts", "collect_counts", "commit",
-    "finalize", "fingerprint", "format_summary", "load_sources", "needs_speech", "partition_group",
-    "plan_sources", "run_tokenize_job", "settings_from_config", "stage_records", "write_part_rows", "write_parts",
+    "JOB_FORMAT", "TASK_CPUS", "JobConfigError", "JobReport", "JobSettings", "JobStalledError", "RunLayout",
+    "StallWatchdog", "actor_pools", "assign_parts", "can_encode", "collect_counts", "commit", "drop_limits",
+    "finalize", "fingerprint", "format_summary", "load_sources", "needs_speech", "partition_group", "plan_sources",
+    "run_tokenize_job", "settings_from_config", "size_pools", "stage_records", "watch_phase", "watching",
+    "write_part_rows", "write_parts",
 ]

@@ -1,6 +1,6 @@
 """Test-session setup shared by all test modules.
 
-Ray: one local cluster for the whole run (RAY.md: init costs 5–10 s), with more logical CPUs than the
+Ray: one local cluster for the whole run (docs/ray.md: init costs 5–10 s), with more logical CPUs than the
 2 physical ones so Ray Train workers and Ray Data tasks cannot starve each other.
 """
 

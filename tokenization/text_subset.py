@@ -2,7 +2,7 @@
 
 Why: the embedded model is tiny, and with the full 151k-row Qwen vocabulary its tied embedding and LM head
 are most of its parameters and most of its step time, for ids the data never contains. Keeping only the
-tokens the corpus uses makes the same model several times cheaper to train (LEARNING.md-style probes:
+tokens the corpus uses makes the same model several times cheaper to train (short training probes:
 ~2,000 vs ~900 tok/s on 2 cores) without changing what any text means.
 
 The subset is lossless for ANY text, not only the corpus:

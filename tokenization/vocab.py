@@ -3,7 +3,7 @@
 Layouts:
 - "compact" (default): text ids [0, T) as the tokenizer defines them, then our specials, then one token
   per codec code. Works for any codec size.
-- "reference": reproduces the TtT reference checkpoint's ids (PAPER.md): <|audio|>=151684, codes
+- "reference": reproduces the TtT reference checkpoint's ids (docs/paper-to-code.md): <|audio|>=151684, codes
   151685..168068, <|mask_token|>=168069, <|end_of_audio_new|>=168070, <|end_of_audio_span_last|>=168071.
   Requires a 16,384-code codec. Marker ids come from the tokenizer when it defines them (the reference
   checkpoint's tokenizer does); for a plain Qwen tokenizer the span-open/user-close markers, whose ids the
@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from tokenization.codecs.base import CodecIdentity
+from tokenization.codecs.base import DECLARED, CodecIdentity
 from tokenization.text import TextTokenizer
 
 MANIFEST_FORMAT = 1
 
-# Our span markers, named after the reference implementation's tokens (PAPER.md).
+# Our span markers, named after the reference implementation's tokens (docs/paper-to-code.md).
 SOA = "<|begin_of_audio|>"  # opens user audio and non-final generated spans
 SOA_FINAL = "<|begin_of_quad|>"  # opens the final, variable-length span of a turn
 EOA_USER = "<|end_of_audio|>"  # closes user (prompt) audio
@@ -45,7 +45,8 @@ OUR_SPECIALS = (SOA, SOA_FINAL, EOA_USER, EOA, EOA_FINAL, MASK, AUDIO_TAG)
 OPENERS = (SOA, SOA_FINAL)
 CLOSERS = (EOA_USER, EOA, EOA_FINAL)
 AUDIO_TOKEN_RE = re.compile(r"<\|audio_(\d+)\|>")
-_SPECIAL_RE = re.compile(r"(<\|audio_\d+\|>|<\|[a-z_]+\|>)")
+# Any `<|name|>` inline token: a marker outside the vocabulary must fail, not pass as literal text.
+_SPECIAL_RE = re.compile(r"(<\|audio_\d+\|>|<\|[A-Za-z0-9_]+\|>)")
 
 _REFERENCE_IDS = {
     SOA: 151669, SOA_FINAL: 151670, EOA_USER: 151671, AUDIO_TAG: 151684,
@@ -170,24 +171,33 @@ class UnifiedVocab:
     def encode_mixed(self, s: str) -> list[int]:
         """Text with inline special tokens and `<|audio_N|>` codes (the reference TtT format) -> ids.
 
-        Raises ValueError on unknown `<|...|>` tokens or out-of-range codes,
-        so imported data is validated against this vocabulary rather than silently re-tokenized.
+        Raises ValueError on unknown `<|...|>` tokens or out-of-range codes, naming the token and where it
+        is, so imported data is validated against this vocabulary rather than silently re-tokenized (the
+        tokenize job quarantines the record with that message).
         """
         out: list[int] = []
+        at = 0
         for piece in _SPECIAL_RE.split(s):
             if not piece:
                 continue
             m = AUDIO_TOKEN_RE.fullmatch(piece)
             if m:
-                out.extend(self.audio_ids([int(m.group(1))]).tolist())
+                code = int(m.group(1))
+                if code >= self.codebook_size:
+                    raise ValueError(f"audio token {piece} at character {at} is out of range: codec "
+                                     f"{self.codec.name} has {self.codebook_size} codes (<|audio_0|> .. "
+                                     f"<|audio_{self.codebook_size - 1}|>)")
+                out.append(self.audio_offset + code)
             elif piece in self.specials:
                 out.append(self.specials[piece])
             elif piece.startswith("<|") and piece.endswith("|>") and self.text.token_to_id(piece) is not None:
                 out.append(int(self.text.token_to_id(piece)))
             elif _SPECIAL_RE.fullmatch(piece):
-                raise ValueError(f"unknown special token {piece!r} (not in this vocabulary)")
+                raise ValueError(f"unknown special token {piece!r} at character {at} (not in this vocabulary; span "
+                                 f"markers are {', '.join((*OPENERS, *CLOSERS))})")
             else:
                 out.extend(self.encode_text(piece))
+            at += len(piece)
         return out
 
     # ---- decoding -------------------------------------------------------------------------------
@@ -257,15 +267,24 @@ class UnifiedVocab:
 
 # Fields whose difference changes the meaning of ids (names are informational only).
 _IDENTITY_KEYS = ("format", "layout", "audio_offset", "codebook_size", "vocab_size", "special_tokens")
+_CODEC_KEYS = ("name", "version", "token_rate", "codebook_size", "params_hash")
+# A declared identity (pre-coded data, no weights: tokenization/codecs/declared.py) matches a real codec on these:
+# it knows neither our encode procedure's version nor the weights' hash, only what the codes are.
+_DECLARED_CODEC_KEYS = ("name", "token_rate", "codebook_size", "sample_rate", "output_sample_rate")
 
 
 def check_compatible(ours: Mapping[str, Any], theirs: Mapping[str, Any], what: str = "shards") -> None:
-    """Raise VocabMismatchError naming every field where two manifests disagree."""
+    """Raise VocabMismatchError naming every field where two manifests disagree.
+
+    When exactly one side's codec identity is declared (`params_hash: declared`), the codecs are compared on
+    name, codebook size and rates only: a model trained on pre-coded data runs with the real codec, whose
+    weights' hash the caller's manifest then records."""
     diffs = [k for k in _IDENTITY_KEYS if ours.get(k) != theirs.get(k)]
     if ours.get("text_tokenizer", {}).get("sha256") != theirs.get("text_tokenizer", {}).get("sha256"):
         diffs.append("text_tokenizer.sha256")
     oc, tc = dict(ours.get("codec", {})), dict(theirs.get("codec", {}))
-    diffs += [f"codec.{k}" for k in ("name", "version", "token_rate", "codebook_size", "params_hash")
+    one_declared = (oc.get("params_hash") == DECLARED) != (tc.get("params_hash") == DECLARED)
+    diffs += [f"codec.{k}" for k in (_DECLARED_CODEC_KEYS if one_declared else _CODEC_KEYS)
               if oc.get(k) != tc.get(k)]
     if diffs:
         detail = "; ".join(f"{k}: {_get(ours, k)!r} != {_get(theirs, k)!r}" for k in diffs)

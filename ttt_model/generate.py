@@ -112,7 +112,9 @@ class SpeechLM:
 
         `text_tokenizer` is the tokenizer the checkpoint's data was tokenized with (the bundled Qwen BPE by
         default), or the base of its corpus-sized subset (whose id mapping the manifest records); its hash, like
-        the codec identity, must match the manifest.
+        the codec identity, must match the manifest. A checkpoint trained on pre-coded data records a declared
+        codec identity; a real codec of the same name, codebook size and rates is accepted for it, and
+        `vocab.manifest()` then records the real codec's weights hash.
         """
         ckpt = Path(checkpoint).expanduser()
         if not ckpt.is_dir():
@@ -182,6 +184,11 @@ def generate_stream(lm: SpeechLM, messages: Sequence[Message], cfg: SamplerConfi
 
 
 def _with_speech(run: DecodeRun, codec: AudioCodec) -> Iterator[StreamEvent]:
+    """The run's events, plus decoded speech when the codec can decode (a declared or encode-only codec
+    cannot: the answer then carries its codes and no waveform)."""
+    if not codec.can_decode:
+        yield from run
+        return
     decoder = codec.stream_decoder()
     rate = codec.identity.output_sample_rate
     for ev in run:
@@ -232,8 +239,8 @@ def answer_batch(lm: SpeechLM, conversations: Sequence[Sequence[Message]], cfg: 
     out = []
     for g in gens:
         codes = g.codes
-        wave, rate = lm.codec.decode(codes) if codes.size else (np.zeros(0, np.float32),
-                                                               lm.codec.identity.output_sample_rate)
+        wave, rate = lm.codec.decode(codes) if codes.size and lm.codec.can_decode else (
+            np.zeros(0, np.float32), lm.codec.identity.output_sample_rate)
         out.append(Answer(g.text, codes, wave, rate, g.finish_reason, g.ids,
                           {"total_s": total, "audio_tokens": float(codes.size), "spans": float(len(g.spans))}))
     return out

@@ -62,6 +62,9 @@ def build_model(model_cfg: Mapping[str, Any], vocab: UnifiedVocab,
     Pretrained base LLM: rows from `vocab.text_vocab_size` on (our span markers, the mask token, the audio
     codes, layout gaps and round-up padding) are (re)initialised by `init_new_rows`; the checkpoint's own
     rows past the tokenizer (Qwen pads its matrix to 151,936 rows with untrained entries) are not trusted.
+    A checkpoint in the reference layout (`data.vocab_layout=reference`, at least that vocabulary's rows, and
+    `data.text_tokenizer` its own tokenizer: the reference's released TtT checkpoints) keeps every row of the
+    vocabulary; only the round-up padding is new (`_trained_rows`).
     """
     cfg = _plain(model_cfg)
     _check_keys(cfg, _TOP_KEYS, "model")
@@ -178,7 +181,7 @@ def _pretrained_model(cfg: Mapping[str, Any], arch: Mapping[str, Any], vocab: Un
         return model
     model = Qwen2ForCausalLM.from_pretrained(path, local_files_only=True, attn_implementation=impl, dtype=dtype)
     _check_shape(model.config, arch, path)
-    n_trained = vocab.text_vocab_size
+    n_trained = _trained_rows(model, vocab, path)
     if model.get_input_embeddings().weight.shape[0] < n_trained:
         raise ValueError(f"{path}: embedding has {model.get_input_embeddings().weight.shape[0]} rows, fewer than "
                          f"the text tokenizer's {n_trained} ids; is this the checkpoint of that tokenizer?")
@@ -194,6 +197,22 @@ def _pretrained_model(cfg: Mapping[str, Any], arch: Mapping[str, Any], vocab: Un
                       float(rows.get("special_noise", 1.0)))
     model.config.eos_token_id = vocab.eos_id
     return model
+
+
+def _trained_rows(model: Qwen2ForCausalLM, vocab: UnifiedVocab, path: Path) -> int:
+    """How many leading embedding rows of a checkpoint without our manifest already mean what `vocab` says: the
+    text ids of a Qwen2/2.5 base, or every id of a checkpoint in the reference layout (the reference's released
+    TtT checkpoints, with trained rows for the span markers, the mask and all 16,384 audio codes: initialising
+    those afresh would throw away the model's speech)."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if vocab.layout != "reference" or rows < vocab.size:
+        return vocab.text_vocab_size
+    if vocab.text.token_to_id("<|audio_0|>") is None:
+        raise ValueError(f"{path} has {rows} embedding rows, the shape of a checkpoint in the reference layout, but "
+                         f"the text tokenizer ({vocab.text.name}) does not define the reference's audio tokens, so "
+                         f"its marker ids would be guesses: set data.text_tokenizer={path} (the checkpoint's own "
+                         "tokenizer)")
+    return vocab.size
 
 
 def _select_text_rows(model: Qwen2ForCausalLM, base_ids: tuple[int, ...]) -> None:

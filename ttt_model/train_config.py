@@ -88,7 +88,7 @@ class CheckpointSettings:
 class LoggingSettings:
     dir: str = "runs/local/train"
     every_steps: int = 1  # progress line + JSONL/TensorBoard/MLflow record every N steps
-    report_every_steps: int = 10  # ray.train.report every N steps (each is a barrier, RAY.md)
+    report_every_steps: int = 10  # ray.train.report every N steps (each is a barrier, docs/ray.md)
     tensorboard: bool = True
     mlflow_experiment: str = "ttt"
     sample_trace: bool = False  # per-rank JSONL of the sample ids of every step (audits, tests)

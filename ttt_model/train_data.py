@@ -20,8 +20,8 @@ Order and split, and why they are deterministic:
 Resume: after a restore Ray restarts the epoch's stream from its beginning; the loop skips the rows this
 rank had consumed (saved in the checkpoint), which replays to the same position because of 1 and 2.
 
-The reference implementation shuffled before seeding, so ranks disagreed on the order (PAPER.md, weakness 5);
-here no rank ever draws an unseeded random number for data.
+The reference implementation shuffled before seeding, so ranks disagreed on the order (docs/paper-to-code.md,
+weakness 5); here no rank ever draws an unseeded random number for data.
 """
 
 from __future__ import annotations

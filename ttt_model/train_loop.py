@@ -13,7 +13,7 @@ An optimizer step, on every rank:
 1. take the step's rows (all `accumulation` micro-batches) from this rank's deterministic stream and
    collate them all (TtTCollator: strategies, noising, packing), optionally one step ahead in a thread;
 2. one all-reduce of (N_AR, N_maskable) over the step's micro-batches and ranks (`loss.global_counts`),
-   so the loss is normalised by GLOBAL counts whatever the micro-batch split (PAPER.md weakness 6);
+   so the loss is normalised by GLOBAL counts whatever the micro-batch split (docs/paper-to-code.md, weakness 6);
 3. per micro-batch: forward, `loss.combine`, backward of loss × world size (FSDP averages gradients over
    ranks; the product makes the accumulated gradient that of the global loss);
 4. clip the global gradient norm, AdamW step, scheduler step. A non-finite norm skips the update (logged).
@@ -44,6 +44,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+from pipelines.console import mark_worker_warnings
 from ttt_model.batch import PackedBatch, TtTCollator
 from ttt_model.loss import LossSums, combine, diffusion_vocab, global_counts, hybrid_loss_sums
 from ttt_model.metrics import (
@@ -460,6 +461,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # A no-op when Ray Train has configured this worker's root logger (the default); with its worker logging
     # disabled (RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING=0) this keeps the progress lines on stderr.
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # Warnings print as "WARNING <logger>: ...": the driver's quiet console shows those and sends the per-step
+    # progress lines to the run's log file (pipelines/console.py).
+    mark_worker_warnings()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if plan.settings.scaling.threads_per_worker > 0:

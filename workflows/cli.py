@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-SUBCOMMAND_MODULES = ("workflows.cli_codec", "workflows.cli_query", "workflows.cli_generate")
+SUBCOMMAND_MODULES = ("workflows.cli_codec", "workflows.cli_query", "workflows.cli_generate", "workflows.cli_reference")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,6 +13,8 @@ Elsewhere, name the run (`--run DIR`) or the checkpoint and codec themselves:
 
     ttt generate --checkpoint ckpt/model --codec-config glm4voice_local.yaml --text "What is 3 plus 4?" \
         --out-wav answer.wav --steps 5 --temperature 0.7 --top-p 0.9
+    ttt generate --checkpoint ckpt/model --codec-config workflows/conf/codec/glm4voice_declared.yaml \
+        --text "What is 3 plus 4?" --out-json answer.json   # no decoder: the text, and the codes in answer.json
 
 `--task asr` and `--task tts` send the instruction the model was trained with (pipelines/tasks.py PROMPTS).
 Sampler settings start from workflows/conf/sampler/default.yaml (or --sampler-config) and the flags
@@ -170,17 +172,24 @@ def run(args: argparse.Namespace) -> int:
     print(f"finish: {result.finish_reason} | first text {_sec(t['first_text_s'])} | first audio block "
           f"{_sec(t['first_audio_block_s'])} | first audio {_sec(t['first_audio_s'])} | total {_sec(t['total_s'])} | "
           f"{result.codes.size} audio tokens, {t['audio_tokens_per_s']:.1f} audio tokens/s", file=sys.stderr)
+    undecoded = result.codes.size > 0 and not lm.codec.can_decode  # a declared or encode-only codec
+    if undecoded:
+        where = f"they are in {args.out_json}" if args.out_json else "pass --out-json to keep them"
+        print(f"codec {lm.codec.identity.name} has no decoder: {result.codes.size} audio codes not turned into "
+              f"speech ({where})", file=sys.stderr)
     if args.out_wav:
         if result.waveform.size:
             write_audio(args.out_wav, result.waveform, result.sample_rate)
             print(f"wrote {args.out_wav} ({result.waveform.size / result.sample_rate:.2f} s)", file=sys.stderr)
         else:
-            print(f"no speech in the answer; {args.out_wav} not written", file=sys.stderr)
+            why = "no decoder" if undecoded else "no speech in the answer"
+            print(f"{why}; {args.out_wav} not written", file=sys.stderr)
     if args.out_json:
         Path(args.out_json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out_json).write_text(json.dumps({
             "text": result.text, "finish_reason": result.finish_reason, "timings": t,
             "codes": result.codes.tolist(), "sample_rate": result.sample_rate, "sampler": sampler_settings(args),
+            "codec": lm.codec.identity.to_dict(),  # the codec actually used (its weights' hash when it has weights)
         }, indent=2) + "\n")
     return 0
 

@@ -26,6 +26,7 @@ if _ROOT not in sys.path:
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from pipelines.console import setup_console  # noqa: E402
 from pipelines.eval.jobs import EvalConfigError, run_evaluation  # noqa: E402
 
 
@@ -36,6 +37,7 @@ def run(cfg: DictConfig) -> dict:
 
 @hydra.main(config_path="conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
+    setup_console(cfg, "evaluate")
     try:
         run(cfg)
     except (EvalConfigError, FileNotFoundError) as e:  # config or missing-input mistakes: say what to fix

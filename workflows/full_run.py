@@ -7,7 +7,9 @@
 Every stage skips itself when its outputs are complete for the same config (prepare: prepared.json;
 tokenize: the manifest fingerprint; train: the final checkpoint; evaluate: unchanged runs), so a rerun
 after a crash redoes only what is missing; `force=true` redoes everything. Ray is joined (RAY_ADDRESS, as
-under `ray job submit`) or started once here and shared by all stages.
+under `ray job submit`) or started once here and shared by all stages. The console shows the stages, a progress
+bar per long stage and actionable warnings; the full log is `<paths.root>/hydra/<time>/full_run.log`
+(pipelines/console.py; `console.verbose=true` prints everything).
 """
 
 from __future__ import annotations
@@ -83,21 +85,24 @@ def selected_stages(requested: Sequence[str] | None) -> list[str]:
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Run the selected stages in order; returns seconds per stage."""
+    from pipelines.console import CONSOLE, set_stage
     from pipelines.ray_runtime import ensure_ray
 
     stages = selected_stages(cfg.get("stages"))
     # Under `ray job submit` the interpreter is whatever `python` the cluster's PATH gives, and the code is the
     # uploaded working_dir's copy unpacked on the node: say which ran.
-    log.info("stages %s with %s, code %s", ", ".join(stages), sys.executable, Path(__file__).resolve())
+    log.info("stages %s with %s, code %s", ", ".join(stages), sys.executable, Path(__file__).resolve(),
+             extra=CONSOLE)
     started = ensure_ray(address=cfg.get("ray_address"))
     timings: dict[str, float] = {}
     try:
         for stage in stages:
             t0 = time.perf_counter()
-            log.info("stage %s: start", stage)
+            log.info("stage %s: start", stage, extra=CONSOLE)
+            set_stage(stage)
             RUNNERS[stage](cfg)
             timings[stage] = round(time.perf_counter() - t0, 1)
-            log.info("stage %s: done in %.1f s", stage, timings[stage])
+            log.info("stage %s: done in %.1f s", stage, timings[stage], extra=CONSOLE)
     finally:
         if started:
             import ray
@@ -108,6 +113,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(config_path="conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
+    from pipelines.console import setup_console
+
+    setup_console(cfg, "full_run")
     timings = run(cfg)
     print("stage timings (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()))
     report = Path(cfg.paths.report) / "report.md"

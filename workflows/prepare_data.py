@@ -25,6 +25,7 @@ import logging  # noqa: E402
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from pipelines.console import setup_console  # noqa: E402
 from pipelines.synthetic.prepare import prepare_from_config  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ def run(cfg: DictConfig) -> dict:
 
 @hydra.main(config_path="conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
+    setup_console(cfg, "prepare_data")
     run(cfg)
 
 

@@ -39,7 +39,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -250,11 +250,14 @@ def check_recorded_objective(variant: Variant) -> None:
     evaluated under a config it was not trained with. (Objective changes only: the other settings of a finished
     run are not recorded with it; a digest of the whole config in train.py's final.json would cover them.)"""
     from ttt_model.checkpoint import load_objective
+    from ttt_model.objective import ObjectiveConfig
     from ttt_model.train_ckpt import MODEL_DIR
 
     run_dir = Path(variant.config["train"]["checkpoint"]["storage_path"]) / variant.run_name
     checkpoints = sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())
     recorded = load_objective(checkpoints[-1] / MODEL_DIR) if checkpoints else None
+    if recorded is not None:  # a key added to the objective since the record was written held its default value
+        recorded = {**json.loads(json.dumps(asdict(ObjectiveConfig()))), **recorded}
     wanted = json.loads(json.dumps(variant.config[OBJECTIVE_GROUP]))  # as the record holds it (lists, not tuples)
     if recorded is not None and recorded != wanted:
         changed = sorted(k for k in recorded.keys() | wanted.keys() if recorded.get(k) != wanted.get(k))
@@ -437,10 +440,12 @@ def run(cfg: DictConfig | Mapping[str, Any], overrides: Sequence[str] | None = N
 
 @hydra.main(config_path="conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
+    from pipelines.console import setup_console
     from pipelines.eval.jobs import EvalConfigError
     from pipelines.tokenize_job import JobConfigError
     from ttt_model.train_config import TrainConfigError
 
+    setup_console(cfg, "sweep")
     try:
         out = run(cfg)
     except (SweepConfigError, TrainConfigError, EvalConfigError, JobConfigError) as e:

@@ -42,15 +42,18 @@ def main() -> None:
     import hydra
     from omegaconf import DictConfig
 
+    from pipelines.console import setup_console
     from pipelines.tokenize_job import JobConfigError
 
     @hydra.main(config_path="conf", config_name="config", version_base=None)
     def app(cfg: DictConfig) -> None:
+        setup_console(cfg, "tokenize")
         try:
             run(cfg)
         except JobConfigError as e:  # a config mistake: the message says what to fix, a traceback would bury it
             hint = ""
-            if not Path(str(cfg.paths.raw)).exists():
+            # the embedded corpora live under paths.raw; a sources file names its own data
+            if not cfg.data.get("sources_file") and not Path(str(cfg.paths.raw)).exists():
                 hint = f"\n(no {cfg.paths.raw}: `python workflows/prepare_data.py` makes the embedded corpora)"
             print(f"tokenize: {e}{hint}", file=sys.stderr)
             sys.exit(2)

@@ -31,6 +31,7 @@ if _ROOT not in sys.path:
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from pipelines.console import setup_console, train_log_level, training_progress  # noqa: E402
 from pipelines.ray_runtime import ensure_ray  # noqa: E402
 from ttt_model.train_config import RaySettings, TrainConfigError, parse_settings  # noqa: E402
 
@@ -49,7 +50,7 @@ def build_trainer(plan: RunPlan) -> Any:
     """The TorchTrainer of a plan: scaling from `train.scaling`, the shards as the "train" dataset, split
     across ranks in read order (preserve_order, no locality: the deterministic split of train_data.py)."""
     import ray.data
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from ttt_model.train_data import READ_COLUMNS
@@ -71,7 +72,8 @@ def build_trainer(plan: RunPlan) -> Any:
         torch_config=TorchConfig(backend=s.scaling.backend),
         run_config=RunConfig(name=s.name, storage_path=plan.storage_path,
                              checkpoint_config=CheckpointConfig(num_to_keep=s.checkpoint.keep),
-                             failure_config=FailureConfig(max_failures=s.max_failures)),
+                             failure_config=FailureConfig(max_failures=s.max_failures),
+                             logging_config=LoggingConfig(log_level=train_log_level())),
         datasets={"train": shards},
         dataset_config=DataConfig(execution_options=ingest, enable_shard_locality=False),
     )
@@ -97,6 +99,7 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     if "train" in plain:
         parse_settings(plain["train"])  # pure-config mistakes fail here, before torch is even imported
+    from ttt_model.metrics import JSONL_FILE
     from ttt_model.train_plan import plan_run
 
     plan = plan_run(plain)
@@ -105,7 +108,8 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         return done
     owns_ray = init_ray(plan.settings.ray)
     try:
-        result = build_trainer(plan).fit()
+        with training_progress(Path(plan.log_dir) / JSONL_FILE, plan.total_steps):
+            result = build_trainer(plan).fit()
     finally:
         if owns_ray:
             import ray
@@ -127,6 +131,7 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
 
 @hydra.main(config_path="conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
+    setup_console(cfg, "train")
     try:
         final = run(cfg)
     except TrainConfigError as e:  # a config mistake: the message says what to fix, a traceback would bury it

@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -43,6 +44,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.console import CONSOLE
 from pipelines.eval.compare import compare_runs
 from pipelines.eval.items import GENERATION_ERROR, INPUT_ERROR, TASKS, load_items
 from pipelines.eval.judges import VALID, Judgment, aggregate, build_judge
@@ -51,6 +53,8 @@ from pipelines.eval.table import OBJECTIVE_SYSTEMS, SYSTEM_MODES, build_table, s
 from pipelines.ray_runtime import ensure_ray
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+log = logging.getLogger(__name__)
+
 MANIFEST_FILE = "vocab_manifest.json"  # ttt_model.checkpoint.MANIFEST_FILE (not imported: keeps torch out)
 OBJECTIVE_FILE = "objective.json"  # ttt_model.checkpoint.OBJECTIVE_FILE (idem)
 DECODE_MODES = ("auto", "ttt", "ar", "nar")  # ttt_model.sampler.DECODE_MODES (idem)
@@ -172,8 +176,8 @@ def resolve_decode(sampler: Mapping[str, Any], checkpoint: Path, system: str) ->
             raise EvalConfigError(f"{record} records objective mode {mode!r}; known modes are {DECODE_MODES[1:]}")
         named = SYSTEM_MODES.get(system, "ttt")
         if mode != named and system in OBJECTIVE_SYSTEMS:
-            print(f"evaluate: system {system!r} names a {named} objective but {checkpoint} was trained with mode "
-                  f"{mode!r}; decoding with {mode!r}")
+            log.warning("system %r names a %s objective but %s was trained with mode %r; decoding with %r",
+                        system, named, checkpoint, mode, mode)
         return mode
     return SYSTEM_MODES.get(system, "ttt")
 
@@ -413,8 +417,10 @@ def run_evaluation(cfg: Mapping[str, Any], codec_factory: Callable[[], Any] | No
     (eval_dir / TABLE_JSON).write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
     (eval_dir / TABLE_MD).write_text(table_markdown(table) + "\n")
     for r in results:
-        print(f"evaluate: {system_label(r['system'])} [{r['run_id']}] -> {eval_dir / r['run_id'] / RESULTS_FILE}")
-    print(table_markdown(table))
+        log.info("evaluate: %s [%s] -> %s", system_label(r["system"]), r["run_id"],
+                 eval_dir / r["run_id"] / RESULTS_FILE)
+    log.info("evaluate: table -> %s", eval_dir / TABLE_MD, extra=CONSOLE)
+    print(table_markdown(table))  # the stage's result, on stdout (and in the run's log file)
     return table
 
 

@@ -1,4 +1,4 @@
-"""Judges of Audio-QA answers: a rule-based alias matcher and an LLM judge (CORPORA.md "Audio-QA eval sets").
+"""Judges of Audio-QA answers: a rule-based alias matcher and an LLM judge: docs/corpora.md (Audio-QA eval sets).
 
 Both turn (subset, question, answer text, reference answers) into a `Judgment`. Verdicts:
     correct / incorrect  accuracy subsets (llama_questions, web_questions, trivia_qa): score 100 / 0

@@ -1,4 +1,4 @@
-"""Corpus-level WER/CER with substitution/deletion/insertion counts (CORPORA.md "WER / CER").
+"""Corpus-level WER/CER with substitution/deletion/insertion counts: docs/corpora.md (WER / CER).
 
 - English: Whisper's EnglishTextNormalizer on both sides (lowercase, drop bracketed spans and fillers,
   expand contractions, spell-normalise, numbers to digits), then word error rate.

@@ -11,7 +11,7 @@ work is waiting on HTTP). Speech travels between stages as file paths, not array
 the audio is there for the report to link.
 
 Every stage takes and returns a pyarrow batch, appends its own columns with fixed types, and never raises
-for one item: failures become `status`/`*_error` column values (RAY.md: a raised error drops whole blocks).
+for one item: failures become `status`/`*_error` column values (docs/ray.md: a raised error drops whole blocks).
 """
 
 from __future__ import annotations

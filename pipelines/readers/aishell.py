@@ -8,8 +8,13 @@ One unit = one speaker directory; the transcript (~10 MB) is parsed once per wor
 `split` (or `subsets`, for several) selects wav/<split> directories; default all.
 
 AISHELL-2: `iOS/data/{wav.scp,trans.txt,wav/<spk>/<uttid>.wav}`, both files `<uttid>\\t<value>`, wav.scp
-paths relative to its directory. One unit = the wav.scp (one pass of line parsing; audio decoding happens
-downstream in parallel). Transcripts are kept as written (they mix Chinese and spaced English words).
+paths relative to its directory and confined to it (common.confine; `options.allow_outside_root: true` lifts
+that). One unit = the wav.scp (one pass of line parsing; audio decoding happens downstream in parallel).
+Transcripts are kept as written (they mix Chinese and spaced English words).
+
+Transcripts and wav.scp (both corpora) are decoded line by line: a line that is not UTF-8 is one error row,
+named by its utterance id when that part is readable, so the utterance is not reported again as unmatched (an
+AISHELL-1 line whose id is unreadable names no speaker: the source's first unit reports it).
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ from typing import Any
 from pipelines.readers.common import (
     RowMaker,
     check_selection,
+    confine,
+    iter_text_lines,
     require_dir,
     require_file,
     source_path,
-    split_first,
+    split_key,
     split_of,
 )
 from pipelines.records import SourceConfig
@@ -42,13 +49,14 @@ TRANSCRIPT = "transcript/aishell_transcript_v0.8.txt"
 class _Line:
     lineno: int
     text: str
+    error: str = ""  # the line is not UTF-8: its utterance is an error row, not a wav without transcript
 
 
 @dataclass(frozen=True)
 class _Transcript:
     lines: dict[str, _Line]  # uttid -> first line that names it
     by_speaker: dict[str, list[str]]  # speaker -> uttids in file order
-    problems: list[tuple[int, str, str]]  # (lineno, uttid, message) for unusable lines
+    problems: list[tuple[int, str, str]]  # (lineno, uttid or "" when unreadable, message) for unusable lines
 
 
 def _aishell1_speaker(uttid: str) -> str:
@@ -63,19 +71,23 @@ def _load_transcript(path: str, mtime_ns: int, size: int) -> _Transcript:
     lines: dict[str, _Line] = {}
     by_speaker: dict[str, list[str]] = defaultdict(list)
     problems: list[tuple[int, str, str]] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            utt, words = split_first(line)
-            text = "".join(words.split())
-            if not text:
-                problems.append((lineno, utt, "transcript line without text"))
-            elif utt in lines:
-                problems.append((lineno, utt, f"duplicate transcript line for {utt}"))
-            else:
-                lines[utt] = _Line(lineno, text)
-                by_speaker[_aishell1_speaker(utt)].append(utt)
+    for line in iter_text_lines(Path(path)):
+        if not line.text.strip():
+            continue
+        utt, words = split_key(line)
+        text = "".join(words.split())
+        if line.error and utt and utt not in lines:
+            lines[utt] = _Line(line.lineno, "", line.error)
+            by_speaker[_aishell1_speaker(utt)].append(utt)
+        elif line.error:
+            problems.append((line.lineno, utt, line.error))
+        elif not text:
+            problems.append((line.lineno, utt, "transcript line without text"))
+        elif utt in lines:
+            problems.append((line.lineno, utt, f"duplicate transcript line for {utt}"))
+        else:
+            lines[utt] = _Line(line.lineno, text)
+            by_speaker[_aishell1_speaker(utt)].append(utt)
     return _Transcript(lines, dict(by_speaker), problems)
 
 
@@ -116,22 +128,26 @@ class Aishell1Reader:
         rows = RowMaker(source, self.kind, self.default_task)
         common = {"language": "zh", "split": split_of(split), "speaker": speaker}
         wavs = {p.stem: p for p in sorted((root / unit).glob("*.wav"))}
+        trans_path = root / TRANSCRIPT
         for utt, wav in wavs.items():
             line = transcript.lines.get(utt)
             if line is None:
                 yield rows.drop(utt, str(wav), "no_transcript", audio_path=wav, **common)
+            elif line.error:
+                yield rows.error(utt, f"{trans_path}:{line.lineno}", line.error, audio_path=wav, **common)
             else:
                 yield rows.row(utt, str(wav), text=line.text, audio_path=wav,
                                meta={"transcript_line": line.lineno}, **common)
-        trans_path = root / TRANSCRIPT
         for utt in transcript.by_speaker.get(speaker, []):
             if utt not in wavs:
                 line = transcript.lines[utt]
-                yield rows.error(utt, f"{trans_path}:{line.lineno}", f"audio file missing: {root / unit / utt}.wav",
-                                 text=line.text, **common)
+                why = line.error or f"audio file missing: {root / unit / utt}.wav"
+                yield rows.error(utt, f"{trans_path}:{line.lineno}", why, text=line.text, **common)
+        # a line whose id is unreadable names no speaker: the source's first unit reports it, once
+        reports_unnamed = any(not utt for _, utt, _ in transcript.problems) and unit == self.units(source)[0]
         for lineno, utt, message in transcript.problems:
-            if _aishell1_speaker(utt) == speaker:
-                yield rows.error(f"{utt}@{lineno}", f"{trans_path}:{lineno}", message, **common)
+            if (_aishell1_speaker(utt) == speaker) if utt else reports_unnamed:
+                yield rows.error(f"{utt or 'line'}@{lineno}", f"{trans_path}:{lineno}", message, **common)
 
 
 class Aishell2Reader:
@@ -152,43 +168,57 @@ class Aishell2Reader:
         split = source.split or (root.name if root.name in ("dev", "test") else "train")
         trans_path, scp_path = root / "trans.txt", root / unit
         texts: dict[str, _Line] = {}
-        for lineno, utt, text in _kv_lines(trans_path):
-            locator = f"{trans_path}:{lineno}"
-            if not text:
-                yield rows.error(f"{utt}@trans{lineno}", locator, "transcript line without text",
-                                 language="zh", split=split)
-            elif utt in texts:
-                yield rows.error(f"{utt}@trans{lineno}", locator, f"duplicate transcript line for {utt}",
-                                 language="zh", split=split)
-            else:
-                texts[utt] = _Line(lineno, text)
+        yield from self._transcripts(rows, trans_path, split, texts)
         listed: set[str] = set()
-        for lineno, utt, rel in _kv_lines(scp_path):
-            locator = f"{scp_path}:{lineno}"
-            wav = root / rel
-            common = {"language": "zh", "split": split, "speaker": Path(rel).parent.name}
-            if not rel or utt in listed:
-                why = "wav.scp line without a path" if not rel else f"duplicate wav.scp entry for {utt}"
-                yield rows.error(f"{utt}@scp{lineno}", locator, why, **common)
+        for line in iter_text_lines(scp_path):
+            if not line.text.strip():
                 continue
-            listed.add(utt)
-            line = texts.get(utt)
-            if line is None:
-                yield rows.drop(utt, locator, "no_transcript", audio_path=wav, **common)
-            elif not wav.is_file():
-                yield rows.error(utt, locator, f"audio file missing: {wav}", text=line.text, **common)
+            utt, rel = split_key(line)
+            locator = f"{scp_path}:{line.lineno}"
+            common = {"language": "zh", "split": split, "speaker": Path(rel).parent.name}
+            if line.error and utt and utt not in listed:  # its transcript is not reported as unlisted too
+                yield rows.error(utt, locator, line.error, **common)
+            elif line.error or not rel or utt in listed:
+                why = line.error or ("wav.scp line without a path" if not rel else f"duplicate wav.scp entry for {utt}")
+                yield rows.error(f"{utt or 'line'}@scp{line.lineno}", locator, why, **common)
+                continue
             else:
-                yield rows.row(utt, locator, text=line.text, audio_path=wav, **common)
+                yield self._entry_row(rows, source, locator, utt, root / rel, texts.get(utt), trans_path, common)
+            listed.add(utt)
         for utt, line in texts.items():
             if utt not in listed:
-                yield rows.error(utt, f"{trans_path}:{line.lineno}", "transcript line without a wav.scp entry",
-                                 text=line.text, language="zh", split=split)
+                yield rows.error(utt, f"{trans_path}:{line.lineno}", line.error or "transcript line without a "
+                                 "wav.scp entry", text=line.text, language="zh", split=split)
 
+    def _transcripts(self, rows: RowMaker, path: Path, split: str, texts: dict[str, _Line]
+                     ) -> Iterator[dict[str, Any]]:
+        """Fill `texts` from trans.txt and yield error rows for its unusable lines. A line that is not UTF-8 but
+        names its utterance is kept as an error entry: the utterance's wav.scp entry reports it, once."""
+        for line in iter_text_lines(path):
+            if not line.text.strip():
+                continue
+            utt, text = split_key(line)
+            if line.error and utt and utt not in texts:
+                texts[utt] = _Line(line.lineno, "", line.error)
+                continue
+            why = line.error or ("transcript line without text" if not text else
+                                 f"duplicate transcript line for {utt}" if utt in texts else "")
+            if why:
+                yield rows.error(f"{utt or 'line'}@trans{line.lineno}", f"{path}:{line.lineno}", why,
+                                 language="zh", split=split)
+            else:
+                texts[utt] = _Line(line.lineno, text)
 
-def _kv_lines(path: Path) -> Iterator[tuple[int, str, str]]:
-    """Kaldi-style `<key>\\t<value>` lines (any whitespace accepted after the key) with line numbers."""
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if line.strip():
-                key, value = split_first(line)
-                yield lineno, key, value
+    def _entry_row(self, rows: RowMaker, source: SourceConfig, locator: str, utt: str, wav: Path,
+                   line: _Line | None, trans_path: Path, common: dict[str, Any]) -> dict[str, Any]:
+        """The row of one wav.scp entry; its path is confined to the source root before anything touches it."""
+        outside = confine(wav, source_path(source), source)
+        if outside:
+            return rows.error(utt, locator, outside, **common)
+        if line is None:
+            return rows.drop(utt, locator, "no_transcript", audio_path=wav, **common)
+        if line.error:
+            return rows.error(utt, f"{trans_path}:{line.lineno}", line.error, audio_path=wav, **common)
+        if not wav.is_file():
+            return rows.error(utt, locator, f"audio file missing: {wav}", text=line.text, **common)
+        return rows.row(utt, locator, text=line.text, audio_path=wav, **common)

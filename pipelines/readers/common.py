@@ -1,17 +1,25 @@
-"""Small helpers shared by the corpus readers: row building, path checks, streaming JSON, name mapping.
+"""Small helpers shared by the corpus readers: row building, path checks, streaming text and JSON, name mapping.
 
 Everything here is pure or touches only the files it is given, so readers stay plain, picklable objects
 that Ray tasks can call in any process.
+
+Two input checks live here so every reader applies them the same way:
+- Text is decoded per record (`iter_text_lines`, `iter_csv_records`, `iter_json_records`): one line that is not
+  UTF-8 costs that line, with its file:line, never the file around it.
+- Paths that a manifest names are confined to the source root (`confine`): a manifest is data, and data must
+  not make the job read (and write into training shards) files it was never pointed at.
 """
 
 from __future__ import annotations
 
+import csv
+import gzip
 import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import ijson
 
@@ -105,8 +113,145 @@ def subset_key(name: str) -> str:
     return name.strip().strip("{}").upper()
 
 
+# ---- manifest paths confined to the source root -------------------------------------------------------------
+
+ALLOW_OUTSIDE_ROOT = "allow_outside_root"
+
+
+def confine(path: Path, root: Path, source: SourceConfig) -> str:
+    """"" when `path` lies inside `root` once `..` and symlinks are resolved, else the row's error message.
+
+    A manifest is data, not configuration: an absolute path, a `../` climb or a symlink in it must not make the
+    job read a file outside the corpus (a key, /etc/passwd) and write it into the shards as a training sample.
+    The root is resolved too, so a corpus directory that is itself a symlink to another disk still works. A
+    source whose manifests point elsewhere on purpose opts out with `options.allow_outside_root: true`.
+    """
+    if source.options.get(ALLOW_OUTSIDE_ROOT) is True:
+        return ""
+    resolved = path.resolve()
+    if resolved.is_relative_to(root.resolve()):
+        return ""
+    shown = str(path) if resolved == path else f"{path} (-> {resolved})"
+    return f"audio path outside the source root {root}: {shown} (set options.{ALLOW_OUTSIDE_ROOT}: true to allow)"
+
+
+# ---- text decoded per record ---------------------------------------------------------------------------------
+
+_BOM = b"\xef\xbb\xbf"
+
+
+class TextLine(NamedTuple):
+    """One physical line of a text file, without its line ending.
+
+    For a line that is not UTF-8, `error` says where, and `text` keeps the undecodable bytes as surrogate escapes:
+    enough to recover an ASCII key on the line (an utterance id) or to keep a CSV parser in step, never to be
+    written into a row (Arrow refuses surrogates).
+    """
+
+    lineno: int  # 1-based
+    text: str
+    error: str = ""
+
+
+def not_utf8(e: UnicodeDecodeError) -> str:
+    """Where bytes stop being UTF-8 (first bad byte, 1-based column), so a human can find it in an editor."""
+    return f"not valid UTF-8 (byte 0x{e.object[e.start]:02x} at column {e.start + 1})"
+
+
+def readable(text: str) -> bool:
+    """False when `text` still carries undecodable bytes (the surrogate escapes of a TextLine with an error)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _decode_line(lineno: int, data: bytes) -> TextLine:
+    body = data.removesuffix(b"\n").removesuffix(b"\r")
+    if lineno == 1:
+        body = body.removeprefix(_BOM)
+    try:
+        return TextLine(lineno, body.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        return TextLine(lineno, body.decode("utf-8", "surrogateescape"), f"line is {not_utf8(e)}")
+
+
+def iter_text_lines(path: Path) -> Iterator[TextLine]:
+    """Every line of a text file (gzip-compressed when named *.gz), each decoded on its own.
+
+    The file is read as bytes and split on b"\\n" (\\r\\n and a UTF-8 BOM on the first line are accepted), then
+    every line is decoded strictly by itself: decoding the file as a whole turns one bad byte into the loss of
+    every good record in it.
+    """
+    with path.open("rb") as raw, (gzip.GzipFile(fileobj=raw) if path.name.endswith(".gz") else raw) as f:
+        for lineno, data in enumerate(f, start=1):
+            yield _decode_line(lineno, data)
+
+
+def split_key(line: TextLine) -> tuple[str, str]:
+    """A Kaldi-style '<key> <value>' line -> (key, value). For a line that is not UTF-8 the value is "" and the
+    key is kept only when it is readable, so the error row still names the utterance it costs."""
+    key, value = split_first(line.text)
+    if not line.error:
+        return key, value
+    return (key if readable(key) else ""), ""
+
+
+@dataclass(frozen=True)
+class CsvRecord:
+    """One data row of a CSV/TSV file with a header, or why it is unreadable."""
+
+    index: int  # 0-based data row
+    locator: str  # path:line of the row's first line, or of its line that is not UTF-8
+    fields: dict[str | None, Any]
+    error: str = ""
+
+
+def iter_csv_records(path: Path, **fmt: Any) -> Iterator[CsvRecord]:
+    """The rows of a CSV/TSV file (csv.DictReader with `fmt`), decoded and checked one by one.
+
+    Lines come from iter_text_lines; a bad one is fed to csv with its bytes escaped, so a quoted field spanning
+    lines keeps the parser in step, and the row holding it becomes an error record, as does a row csv rejects.
+    A header that is not UTF-8 leaves every column unknowable: ValueError, the file fails as a whole.
+    """
+    consumed: dict[int, TextLine] = {}  # the lines csv has taken since the last row
+
+    def feed() -> Iterator[str]:
+        for line in iter_text_lines(path):
+            consumed[line.lineno] = line
+            yield line.text + "\n"
+
+    reader = csv.DictReader(feed(), **fmt)
+    if reader.fieldnames is not None:  # csv reads the header on first access
+        header_error = next((line for line in consumed.values() if line.error), None)
+        if header_error:
+            raise ValueError(f"{path}:{header_error.lineno}: CSV header {header_error.error}")
+    consumed.clear()
+    index = 0
+    while True:
+        try:
+            fields, error = next(reader, None), ""
+        except csv.Error as e:
+            fields, error = {}, f"unparsable CSV row: {e}"
+        if fields is None:
+            return
+        yield _csv_record(path, index, fields, error, consumed)
+        consumed.clear()
+        index += 1
+
+
+def _csv_record(path: Path, index: int, fields: dict[str | None, Any], error: str,
+                lines: dict[int, TextLine]) -> CsvRecord:
+    bad = next((line for line in lines.values() if line.error), None)
+    if bad:
+        return CsvRecord(index, f"{path}:{bad.lineno}", {}, bad.error)
+    start = min((n for n, line in lines.items() if line.text.strip()), default=min(lines))
+    return CsvRecord(index, f"{path}:{start}", {} if error else fields, error)
+
+
 def open_binary(path: Path) -> IO[bytes]:
-    """The one place readers open large manifests (a seam for tests that prove streaming)."""
+    """The one place readers open JSON arrays and manifests for ijson (a seam for tests that prove streaming)."""
     return path.open("rb")
 
 
@@ -149,7 +294,9 @@ def iter_json_records(path: Path) -> Iterator[JsonRecord]:
     `.jsonl` files are read line by line so one broken line costs one error record. A `.json` file that
     starts with '[' is streamed item by item; one that starts with '{' is read as a stream of concatenated
     objects (a single object, or JSONL saved as .json). A syntax error in a JSON stream cannot be skipped
-    (the parser loses its place), so it ends the file with one error record at the failing index.
+    (the parser loses its place), so it ends the file with one error record at the failing index; bytes that
+    are not UTF-8 inside a string are such an error to the parser (yajl rejects them), so they too keep every
+    earlier sample and cost the rest of the stream. JSONL is the format where they cost one line.
     """
     if path.suffix == ".jsonl":
         yield from _iter_jsonl(path)
@@ -167,21 +314,33 @@ def iter_json_records(path: Path) -> Iterator[JsonRecord]:
             for last, value in enumerate(items):
                 yield JsonRecord(last, f"{path}#{last}", value)
         except ijson.JSONError as e:
-            yield JsonRecord(last + 1, f"{path}#{last + 1}", error=f"invalid JSON: {e}")
+            yield JsonRecord(last + 1, f"{path}#{last + 1}", error=f"invalid JSON: {json_reason(e)}")
+
+
+def json_reason(e: Exception) -> str:
+    """The first line of a parser error. yajl's messages are bytes followed by an excerpt of the data, which may
+    hold the very bytes that are not UTF-8: the reason line ('invalid bytes in UTF8 string.') is what helps."""
+    reason = e.args[0] if e.args else ""
+    text = (reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(e)).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def iter_jsonl_lines(path: Path) -> Iterator[tuple[int, Any, str]]:
+    """(line number, parsed value or None, error) per non-blank line of a JSONL(.gz) file: a line that is not
+    UTF-8 or not JSON costs that line only."""
+    for line in iter_text_lines(path):
+        if line.error:
+            yield line.lineno, None, line.error
+        elif line.text.strip():
+            try:
+                yield line.lineno, json.loads(line.text), ""
+            except json.JSONDecodeError as e:
+                yield line.lineno, None, f"invalid JSON: {e}"
 
 
 def _iter_jsonl(path: Path) -> Iterator[JsonRecord]:
-    index = 0
-    with path.open("r", encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            locator = f"{path}:{lineno}"
-            try:
-                yield JsonRecord(index, locator, json.loads(line))
-            except json.JSONDecodeError as e:
-                yield JsonRecord(index, locator, error=f"invalid JSON: {e}")
-            index += 1
+    for index, (lineno, value, error) in enumerate(iter_jsonl_lines(path)):
+        yield JsonRecord(index, f"{path}:{lineno}", value, error)
 
 
 def data_files(source: SourceConfig, suffixes: tuple[str, ...]) -> tuple[Path, list[str]]:
@@ -241,32 +400,45 @@ class ManifestSegment:
     error: str = ""  # the entry itself is unusable
 
 
-def iter_manifest_segments(root: Path, manifest: Path, unit: str, selected: set[str]) -> Iterator[ManifestSegment]:
-    """Stream `audios[*].segments[*]` of this unit's shard, keeping segments in any `selected` subset
-    (all when empty). Audio paths are relative to `root`; a parse error ends the stream with one error."""
+def iter_manifest_segments(source: SourceConfig, manifest_name: str, unit: str) -> Iterator[ManifestSegment]:
+    """Stream `audios[*].segments[*]` of this unit's shard, keeping segments in any of the source's subsets
+    (all when none is configured). Audio paths are relative to the source root and confined to it; a parse error
+    (bytes that are not UTF-8 included) ends the stream with one error."""
+    root = source_path(source)
+    manifest = root / manifest_name
+    selected = {subset_key(s) for s in source.subsets}
     k, n = (int(x) for x in unit.rpartition("#")[2].split("/"))
     index = -1
     try:
         for index, audio in enumerate(iter_json_items(manifest, "audios.item")):
             if index % n == k:
-                yield from _audio_segments(root, manifest, index, audio, selected)
+                yield from _audio_segments(source, manifest, index, audio, selected)
     except ijson.JSONError as e:
         if (index + 1) % n == k:  # every shard meets the error; the shard owning the broken entry reports it
             yield ManifestSegment(f"{manifest.name}#audio{index + 1}", f"{manifest}#audios[{index + 1}]", {}, [],
-                                  error=f"invalid JSON after audio entry {index}: {e}")
+                                  error=f"invalid JSON after audio entry {index}: {json_reason(e)}")
 
 
-def _audio_segments(root: Path, manifest: Path, index: int, audio: Any, selected: set[str]
+def _audio_file(source: SourceConfig, rel: Any) -> tuple[Path | None, str]:
+    """An audio entry's `path` -> (file, "") or (file or None, why it is unusable); None when the path is absent
+    or outside the source root, so no row points at a file the job must not read."""
+    if not isinstance(rel, str) or not rel:
+        return None, "audio entry without a path"
+    path = source_path(source) / rel
+    outside = confine(path, source_path(source), source)
+    if outside:
+        return None, outside
+    return path, "" if path.is_file() else f"audio file missing: {path}"
+
+
+def _audio_segments(source: SourceConfig, manifest: Path, index: int, audio: Any, selected: set[str]
                     ) -> Iterator[ManifestSegment]:
     if not isinstance(audio, dict) or not isinstance(audio.get("segments"), list):
         yield ManifestSegment(f"{manifest.name}#audio{index}", f"{manifest}#audios[{index}]", {}, [],
                               error="audio entry is not an object with a segments list")
         return
     aid = str(audio.get("aid") or f"audio{index}")
-    rel = audio.get("path")
-    audio_path = root / rel if isinstance(rel, str) and rel else None
-    audio_error = "audio entry without a path" if audio_path is None else (
-        "" if audio_path.is_file() else f"audio file missing: {audio_path}")
+    audio_path, audio_error = _audio_file(source, audio.get("path"))
     for pos, seg in enumerate(audio["segments"]):
         if not isinstance(seg, dict):
             yield ManifestSegment(f"{aid}/seg{pos}", f"{manifest}#{aid}", {}, [], error="segment is not an object")

@@ -7,6 +7,9 @@ so one unit = one (lang, split): the TSV goes into a dict, the tar is streamed o
 member is emitted with its bytes (`audio_bytes`). TSV rows whose audio never appears → error rows;
 tar members without a TSV row → drop_reason="no_transcript".
 Text = raw_transcription (cased, punctuated); the normalised transcription is kept in meta.
+The TSV is decoded line by line: a line that is not UTF-8 is one error row (its tar member, when the file_name
+column is readable, is matched to it rather than dropped as untranscribed). Audio comes from the fixed archive
+path by member name, never from a path the TSV names, so there is nothing to confine to the source root.
 """
 
 from __future__ import annotations
@@ -17,7 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pipelines.readers.common import RowMaker, check_selection, language_code, require_dir, source_path
+from pipelines.readers.common import (
+    RowMaker,
+    TextLine,
+    check_selection,
+    iter_text_lines,
+    language_code,
+    readable,
+    require_dir,
+    source_path,
+)
 from pipelines.records import SourceConfig
 
 LAYOUT = "a FLEURS root holding data/<lang>/<split>.tsv and data/<lang>/audio/<split>.tar.gz"
@@ -34,6 +46,7 @@ class _Entry:
     transcription: str
     num_samples: str
     gender: str
+    error: str = ""  # the line is not UTF-8: only file_name is known, the entry is an error row
 
 
 def _data_dir(source: SourceConfig) -> Path:
@@ -71,27 +84,22 @@ class FleursReader:
         rows = RowMaker(source, self.kind, self.default_task)
         common = {"language": language_code(lang), "split": split}
         pending: dict[str, _Entry] = {}
-        for lineno, line in enumerate(tsv.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
+        for line in iter_text_lines(tsv):
+            if not line.text.strip():
                 continue
-            cols = line.split("\t")
-            locator = f"{tsv}:{lineno}"
-            if len(cols) != N_COLUMNS:
-                yield rows.error(f"{lang}/{split}-line{lineno}", locator,
-                                 f"expected {N_COLUMNS} tab-separated columns, got {len(cols)}", **common)
-                continue
-            entry = _Entry(lineno, cols[0], cols[1], cols[2].strip(), cols[3].strip(), cols[5], cols[6])
-            if entry.file_name in pending:
-                yield rows.error(f"{lang}/{split}-line{lineno}", locator,
-                                 f"duplicate file_name {entry.file_name}", **common)
-            else:
+            entry, why = _entry(line)
+            if entry and entry.file_name in pending:
+                entry, why = None, entry.error or f"duplicate file_name {entry.file_name}"
+            if entry:
                 pending[entry.file_name] = entry
+            else:
+                yield rows.error(f"{lang}/{split}-line{line.lineno}", f"{tsv}:{line.lineno}", why, **common)
         if tar.is_file():
             yield from self._stream_tar(rows, tsv, tar, lang, pending, common)
         for entry in pending.values():
             why = f"audio {entry.file_name} not found in {tar}" if tar.is_file() else f"audio archive missing: {tar}"
-            yield rows.error(f"{lang}/{PurePosixPath(entry.file_name).stem}", f"{tsv}:{entry.lineno}", why,
-                             text=entry.raw_transcription, meta=_meta(entry), **common)
+            yield rows.error(f"{lang}/{PurePosixPath(entry.file_name).stem}", f"{tsv}:{entry.lineno}",
+                             entry.error or why, text=entry.raw_transcription, meta=_meta(entry), **common)
 
     def _stream_tar(self, rows: RowMaker, tsv: Path, tar: Path, lang: str, pending: dict[str, _Entry],
                     common: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -106,13 +114,30 @@ class FleursReader:
                 if entry is None:
                     yield rows.drop(local_id, f"{tar}#{member.name}", "no_transcript", **common)
                     continue
+                if entry.error:
+                    yield rows.error(local_id, f"{tsv}:{entry.lineno}", entry.error, meta=_meta(entry), **common)
+                    continue
                 handle = archive.extractfile(member)
                 data = handle.read() if handle is not None else b""
                 yield rows.row(local_id, f"{tsv}:{entry.lineno}", text=entry.raw_transcription, audio_bytes=data,
                                meta={**_meta(entry), "archive_member": member.name}, **common)
 
 
+def _entry(line: TextLine) -> tuple[_Entry | None, str]:
+    """A TSV line -> (entry, "") or (None, why it is unusable). A line that is not UTF-8 still gives an entry
+    (with only file_name and the error) when its file_name column is readable."""
+    cols = line.text.split("\t")
+    if len(cols) != N_COLUMNS:
+        return None, line.error or f"expected {N_COLUMNS} tab-separated columns, got {len(cols)}"
+    if line.error:
+        return (_Entry(line.lineno, "", cols[1], "", "", "", "", line.error), "") if readable(cols[1]) else (
+            None, line.error)
+    return _Entry(line.lineno, cols[0], cols[1], cols[2].strip(), cols[3].strip(), cols[5], cols[6]), ""
+
+
 def _meta(entry: _Entry) -> dict[str, Any]:
+    if entry.error:
+        return {"file_name": entry.file_name}
     samples = int(entry.num_samples) if entry.num_samples.isdigit() else entry.num_samples
     return {"sentence_id": entry.sentence_id, "transcription": entry.transcription, "num_samples": samples,
             "gender": entry.gender, "file_name": entry.file_name}

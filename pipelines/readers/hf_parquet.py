@@ -8,6 +8,9 @@ Optional options: id_column (record ids; default `<file>/<row>`: HF exports ofte
 FLEURS' `id` is shared by speakers), speaker_column, language_column, meta_columns (list),
 batch_rows (rows per read batch, default 64: bounds memory, audio bytes are large).
 One unit = one parquet file, read in row batches.
+Parquet does not make writers validate strings: a batch holding a string that is not UTF-8 is re-read row by
+row, so only that row is an error (naming the column). Audio given as a path (no bytes) resolves against the
+file's directory and is confined to the source root (common.confine; `options.allow_outside_root: true`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.readers.common import RowMaker, base_dir, data_files, language_code
+from pipelines.readers.common import RowMaker, base_dir, confine, data_files, language_code, not_utf8
 from pipelines.records import SourceConfig
 
 TEXT_CANDIDATES = ("text", "sentence", "transcription", "normalized_text")
@@ -57,6 +60,25 @@ def resolve_columns(schema: pa.Schema, options: dict[str, Any]) -> tuple[str, st
         raise ValueError(f"no text column {text or TEXT_CANDIDATES!r} (columns: {schema.names}); "
                          "set options.text_column")
     return audio, str(text)
+
+
+def batch_records(batch: pa.RecordBatch) -> list[tuple[dict[str, Any], str]]:
+    """(row, "") per row of a batch; ({}, why) for a row holding a string that is not UTF-8. The whole
+    batch converts at once in the common case; only a failing batch pays for cell-by-cell conversion."""
+    try:
+        return [(r, "") for r in batch.to_pylist()]
+    except UnicodeDecodeError:
+        return [_cell_by_cell(batch, i) for i in range(batch.num_rows)]
+
+
+def _cell_by_cell(batch: pa.RecordBatch, i: int) -> tuple[dict[str, Any], str]:
+    row: dict[str, Any] = {}
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        try:
+            row[name] = column[i].as_py()
+        except UnicodeDecodeError as e:
+            return {}, f"column {name!r} is {not_utf8(e)}"
+    return row, ""
 
 
 class HfParquetReader:
@@ -102,17 +124,20 @@ class HfParquetReader:
             meta_cols = [str(c) for c in options.get("meta_columns") or []]
             columns = list(dict.fromkeys(c for c in [audio_col, text_col, *extra.values(), *meta_cols] if c))
             batches = pf.iter_batches(batch_size=int(options.get("batch_rows", 64)), columns=columns)
-            for index, rec in enumerate(r for batch in batches for r in batch.to_pylist()):
+            for index, (rec, problem) in enumerate(r for batch in batches for r in batch_records(batch)):
+                if problem:
+                    yield rows.error(f"{stem}/{index}", f"{path}#row={index}", problem, split=split)
+                    continue
                 local_id = str(rec[extra["id_column"]]) if extra["id_column"] else f"{stem}/{index}"
                 fields: dict[str, Any] = {
                     "split": split, "text": str(rec.get(text_col) or "").strip(),
                     "speaker": str(rec.get(extra["speaker_column"]) or "") if extra["speaker_column"] else "",
                     "language": language_code(rec.get(extra["language_column"])) if extra["language_column"] else "",
                 }
-                yield self._row(rows, local_id, f"{path}#row={index}", path.parent, rec[audio_col],
+                yield self._row(rows, source, local_id, f"{path}#row={index}", path.parent, rec[audio_col],
                                 {"row": index, **{c: rec.get(c) for c in meta_cols}}, fields)
 
-    def _row(self, rows: RowMaker, local_id: str, locator: str, file_dir: Path, audio: Any,
+    def _row(self, rows: RowMaker, source: SourceConfig, local_id: str, locator: str, file_dir: Path, audio: Any,
              meta: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
         """Audio as struct {bytes, path}, plain binary, or a path string (exports made without embedding)."""
         data, name = (audio.get("bytes"), audio.get("path")) if isinstance(audio, dict) else (
@@ -125,6 +150,9 @@ class HfParquetReader:
             return rows.row(local_id, locator, audio_bytes=data, meta=meta, **fields)
         if isinstance(name, str) and name:
             candidate = Path(name) if Path(name).is_absolute() else file_dir / name
+            outside = confine(candidate, base_dir(source), source)
+            if outside:
+                return rows.error(local_id, locator, outside, meta=meta, **fields)
             if candidate.is_file():
                 return rows.row(local_id, locator, audio_path=candidate, meta=meta, **fields)
             return rows.error(local_id, locator, f"audio has no bytes and {candidate} does not exist",

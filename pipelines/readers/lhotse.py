@@ -8,43 +8,38 @@ When a part has both, the cuts file wins (it is the later, curated artifact; rea
 duplicate every utterance).
 One row per supervision: audio_start = supervision start (+ cut start: supervision times inside a cut are
 relative to the cut), audio_end = start + duration. Audio sources of type "file" resolve relative to
-`options.audio_root` (default: the manifest directory) unless absolute; other source types (url,
-command, memory) are error rows. Recordings with transforms other than Resample are error rows, because
-speed/tempo transforms change the time axis the supervision times refer to.
+`options.audio_root` (default: the manifest directory) unless absolute, and must lie inside that root once
+resolved (common.confine: a configured audio_root is trusted, a path in a manifest is not; lhotse recipes often
+write absolute paths, which need `options.audio_root` or `options.allow_outside_root: true`); other source
+types (url, command, memory) are error rows. Recordings with transforms other than Resample are error rows,
+because speed/tempo transforms change the time axis the supervision times refer to.
+Manifests are decoded line by line: a line that is not UTF-8 is one error row (in a recordings file it is
+skipped, and the supervisions naming it become unknown-recording rows).
 `subsets` keeps parts whose name contains any of the given strings (e.g. "dev-clean").
 """
 
 from __future__ import annotations
 
-import gzip
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from pipelines.readers.common import RowMaker, language_code, require_dir, source_path, split_of
+from pipelines.readers.common import (
+    RowMaker,
+    confine,
+    iter_jsonl_lines,
+    language_code,
+    require_dir,
+    source_path,
+    split_of,
+)
 from pipelines.records import SourceConfig
 
 LAYOUT = "a directory of lhotse manifests: *recordings*.jsonl(.gz) + *supervisions*.jsonl(.gz), or *cuts*.jsonl(.gz)"
 _KIND = re.compile(r"(recordings|supervisions|cuts)")
 _SUFFIXES = (".jsonl.gz", ".jsonl")
 TIME_PRESERVING_TRANSFORMS = frozenset({"Resample"})
-
-
-def _open_text(path: Path) -> IO[str]:
-    return gzip.open(path, "rt", encoding="utf-8") if path.name.endswith(".gz") else path.open(encoding="utf-8")
-
-
-def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any, str]]:
-    """(line number, parsed value or None, error) per non-empty line."""
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            if line.strip():
-                try:
-                    yield lineno, json.loads(line), ""
-                except json.JSONDecodeError as e:
-                    yield lineno, None, f"invalid JSON: {e}"
 
 
 def _part(name: str) -> tuple[str, str] | None:
@@ -113,10 +108,10 @@ class LhotseReader:
             return
         recordings: dict[str, dict[str, Any]] = {}
         rec_path = _counterpart(unit, "recordings", root)
-        for _, rec, _ in _iter_jsonl(rec_path) if rec_path else ():
+        for _, rec, _ in iter_jsonl_lines(rec_path) if rec_path else ():
             if isinstance(rec, dict) and "id" in rec:
                 recordings[str(rec["id"])] = rec
-        for lineno, sup, err in _iter_jsonl(manifest):
+        for lineno, sup, err in iter_jsonl_lines(manifest):
             locator = f"{manifest}:{lineno}"
             if err or not isinstance(sup, dict):
                 yield rows.error(f"{unit}:{lineno}", locator, err or "supervision is not an object", split=split)
@@ -126,7 +121,7 @@ class LhotseReader:
                                         audio_root, split)
 
     def _read_cuts(self, rows: RowMaker, manifest: Path, audio_root: Path, split: str) -> Iterator[dict[str, Any]]:
-        for lineno, cut, err in _iter_jsonl(manifest):
+        for lineno, cut, err in iter_jsonl_lines(manifest):
             locator = f"{manifest}:{lineno}"
             if err or not isinstance(cut, dict):
                 yield rows.error(f"{manifest.name}:{lineno}", locator, err or "cut is not an object", split=split)
@@ -161,7 +156,7 @@ class LhotseReader:
         fields.update(audio_start=max(0.0, offset + start), audio_end=offset + start + duration)
         if not isinstance(rec, dict):
             return rows.error(local_id, locator, f"unknown recording {sup.get('recording_id')!r}", **fields)
-        audio, problem = _audio_file(rec, sup.get("channel"), audio_root)
+        audio, problem = _audio_file(rec, sup.get("channel"), audio_root, rows.source)
         if problem:
             return rows.error(local_id, locator, problem, audio_path=audio or "", **fields)
         if not fields["text"]:
@@ -169,8 +164,9 @@ class LhotseReader:
         return rows.row(local_id, locator, audio_path=audio or "", **fields)
 
 
-def _audio_file(rec: dict[str, Any], channel: Any, audio_root: Path) -> tuple[Path | None, str]:
-    """The file holding a supervision's channel, or why there is none."""
+def _audio_file(rec: dict[str, Any], channel: Any, audio_root: Path, source: SourceConfig
+                ) -> tuple[Path | None, str]:
+    """The file holding a supervision's channel, or why there is none (or why it may not be read)."""
     transforms = [t.get("name") for t in rec.get("transforms") or [] if isinstance(t, dict)]
     changing = [t for t in transforms if t not in TIME_PRESERVING_TRANSFORMS]
     if changing:
@@ -184,4 +180,7 @@ def _audio_file(rec: dict[str, Any], channel: Any, audio_root: Path) -> tuple[Pa
         return None, f"recording {rec.get('id')!r}: unsupported source type {chosen.get('type')!r} (file only)"
     path = Path(str(chosen.get("source") or ""))
     path = path if path.is_absolute() else audio_root / path
+    outside = confine(path, audio_root, source)
+    if outside:
+        return None, outside
     return (path, "") if path.is_file() else (path, f"audio file missing: {path}")

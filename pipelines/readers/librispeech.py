@@ -1,7 +1,8 @@
 """LibriSpeech: `LibriSpeech/<subset>/<spk>/<chap>/<spk>-<chap>-<NNNN>.flac` + one `<spk>-<chap>.trans.txt`.
 
 One unit = one chapter directory (a few dozen utterances): small enough to spread over many tasks,
-and the transcript and its audio files always live together in it.
+and the transcript and its audio files always live together in it. The transcript is decoded line by line:
+a line that is not UTF-8 is one error row (named by its utterance id when that part is readable).
 """
 
 from __future__ import annotations
@@ -10,7 +11,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipelines.readers.common import RowMaker, check_selection, require_dir, source_path, split_first, split_of
+from pipelines.readers.common import (
+    RowMaker,
+    check_selection,
+    iter_text_lines,
+    require_dir,
+    source_path,
+    split_key,
+    split_of,
+)
 from pipelines.records import SourceConfig
 
 LAYOUT = "LibriSpeech/<subset>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt + *.flac"
@@ -48,13 +57,15 @@ class LibriSpeechReader:
         flacs = {p.stem: p for p in chapter.glob("*.flac")}
         trans = chapter / f"{speaker}-{chap}.trans.txt"
         seen: set[str] = set()
-        lines = trans.read_text(encoding="utf-8").splitlines() if trans.is_file() else []
-        for lineno, line in enumerate(lines, start=1):
-            if not line.strip():
+        for line in iter_text_lines(trans) if trans.is_file() else ():
+            if not line.text.strip():
                 continue
-            utt, text = split_first(line)
-            locator = f"{trans}:{lineno}"
-            if utt in seen:
+            utt, text = split_key(line)
+            lineno, locator = line.lineno, f"{trans}:{line.lineno}"
+            if line.error:  # named by its utterance id when readable, so its flac is not reported orphaned too
+                local_id = utt if utt and utt not in seen else f"{utt or 'line'}@{lineno}"
+                yield rows.error(local_id, locator, line.error, audio_path=flacs.get(utt, ""), **common)
+            elif utt in seen:
                 yield rows.error(f"{utt}@{lineno}", locator, f"duplicate transcript line for {utt}", **common)
             elif not text:
                 yield rows.error(utt, locator, "transcript line without text", **common)

@@ -8,6 +8,9 @@ null metadata left out, empty system prompts skipped; per-turn weights, when any
 row naming its index. Turns may also use `role`/`content` keys. Default task text_chat; a source with
 `task: audio_chat` asks the job to synthesise speech for the turns.
 One unit = one file; arrays are streamed item by item (OpenHermes is one ~1.7 GB array).
+Bad bytes (common.iter_json_records): a JSONL line that is not UTF-8 is one error row; in a JSON array they end
+the stream as a syntax error does (earlier samples kept, one error row at the failing index). Samples name no
+files (audio is inline codes or synthesised later), so no path needs confining to the source root.
 """
 
 from __future__ import annotations

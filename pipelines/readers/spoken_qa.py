@@ -1,22 +1,32 @@
 """Spoken QA eval sets in the OpenAudioBench layout: `eval_datas/<subset>/<subset>.csv` + audio files.
 
 The audio column `audio_filename` is relative to the subset directory, in an `audios/` subfolder in the
-published set (both places are tried). Question/answer columns differ per subset (CORPORA.md); unknown
+published set (both places are tried). Question/answer columns differ per subset (docs/corpora.md); unknown
 subsets (e.g. reasoning_qa) can be added with `options.columns: {subset: {question, answer, metric}}`.
 Answers that are lists written as strings ("['a', 'b']") are parsed with ast.literal_eval (literals
 only, never code). Row: text = the question (empty when the CSV has none), meta = {subset, answers, metric}.
+The CSV is decoded row by row (a row holding a line that is not UTF-8 is one error row), and audio files must
+lie inside the source root once resolved (common.confine; `options.allow_outside_root: true` lifts that).
 """
 
 from __future__ import annotations
 
 import ast
-import csv
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.readers.common import RowMaker, check_selection, require_dir, require_file, source_path
+from pipelines.readers.common import (
+    CsvRecord,
+    RowMaker,
+    check_selection,
+    confine,
+    iter_csv_records,
+    require_dir,
+    require_file,
+    source_path,
+)
 from pipelines.records import SourceConfig
 
 LAYOUT = "OpenAudioBench eval_datas/<subset>/<subset>.csv + audios/"
@@ -93,18 +103,18 @@ class SpokenQaReader:
         cols = _columns(source)[unit]
         csv_path = subset_dir / f"{unit}.csv"
         rows = RowMaker(source, self.kind, self.default_task)
-        with csv_path.open(encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f)
-            previous_end = 1  # the header line; a quoted field may span lines, so rows are located by start
-            for index, rec in enumerate(reader):
-                yield self._row(rows, unit, cols, subset_dir, f"{csv_path}:{previous_end + 1}", index, rec)
-                previous_end = reader.line_num
+        for rec in iter_csv_records(csv_path):  # a quoted field may span lines: rows are located by their start
+            if rec.error:
+                yield rows.error(f"{unit}/{rec.index}", rec.locator, rec.error, language="en", split="test")
+            else:
+                yield self._row(rows, source, cols, subset_dir, rec)
 
-    def _row(self, rows: RowMaker, subset: str, cols: Columns, subset_dir: Path, locator: str, index: int,
-             rec: dict[str, Any]) -> dict[str, Any]:
+    def _row(self, rows: RowMaker, source: SourceConfig, cols: Columns, subset_dir: Path, csv_rec: CsvRecord
+             ) -> dict[str, Any]:
+        subset, locator, rec = subset_dir.name, csv_rec.locator, csv_rec.fields
         question = (rec.get(cols.question) or "").strip()
         fields: dict[str, Any] = {"language": "en", "split": "test", "text": question}
-        local_id = f"{subset}/{index}"
+        local_id = f"{subset}/{csv_rec.index}"
         try:
             answers = parse_answers(rec.get(cols.answer) or "")
         except ValueError as e:
@@ -119,4 +129,7 @@ class SpokenQaReader:
         if audio is None:
             return rows.error(local_id, locator, f"audio file missing: {name} (looked in {subset_dir}/audios and "
                                                  f"{subset_dir})", **fields)
+        outside = confine(audio, source_path(source), source)
+        if outside:
+            return rows.error(local_id, locator, outside, **fields)
         return rows.row(local_id, locator, audio_path=audio, **fields)

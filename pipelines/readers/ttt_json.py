@@ -1,10 +1,15 @@
 """The reference TtT sample format: JSON array / JSONL of `{"messages": [{role, content}]}` or `{"text": ...}`,
-with audio inline as `<|audio_N|>` tokens between span markers (PAPER.md).
+with audio inline as `<|audio_N|>` tokens between span markers (docs/paper-to-code.md).
 
 Samples pass through unchanged: whether every `<|...|>` token exists in the vocabulary is checked by the
 job, which owns the vocabulary. Here only the structure is checked (exactly one of messages/text; roles
-system/user/assistant; string contents), and the task guessed: "interleaved" for `text`, "audio_chat" for
-messages that carry audio tokens, else "text_chat" (a configured source task overrides the guess).
+system/user/assistant; string contents; other keys such as the reference's `text_content` are kept), and the
+task guessed: "interleaved" for `text`; for messages what the data says (`reference_format.reference_task`: asr /
+tts from the system prompt, aac / sec / asc from the instruction beside the user's audio), else "audio_chat" for
+messages that carry audio tokens and "text_chat" for the rest (a configured source task overrides the guess).
+Bad bytes (common.iter_json_records): a JSONL line that is not UTF-8 is one error row; in a JSON array they end
+the stream as a syntax error does (earlier samples kept, one error row at the failing index). Samples name no
+files (audio is inline codes or synthesised later), so no path needs confining to the source root.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any
 
 from pipelines.readers.common import JsonRecord, RowMaker, base_dir, data_files, iter_json_records, scalar_meta
 from pipelines.records import SourceConfig
-from tokenization.vocab import AUDIO_TOKEN_RE
+from pipelines.reference_format import reference_task
 
 ROLES = ("system", "user", "assistant")
 SUFFIXES = (".json", ".jsonl")
@@ -76,6 +81,5 @@ class TttJsonReader:
             messages = check_messages(value["messages"])
         except ValueError as e:
             return rows.error(local_id, rec.locator, f"sample {rec.index}: {e}", meta=meta)
-        has_audio = any(AUDIO_TOKEN_RE.search(m["content"]) for m in messages)
-        return rows.row(local_id, rec.locator, messages=messages, task="audio_chat" if has_audio else "text_chat",
+        return rows.row(local_id, rec.locator, messages=messages, task=reference_task(messages),
                         meta=meta)

@@ -2,6 +2,8 @@
 
 `{"audios": [{aid, path, duration, segments: [{sid, begin_time, end_time, subsets, text, confidence}]}]}`.
 The manifest is tens of GB, so it is streamed one audio entry at a time (common.iter_manifest_segments).
+Audio paths must lie inside the source root once resolved (`options.allow_outside_root: true` lifts that);
+bytes that are not UTF-8 end the stream as any JSON syntax error does (one error row after the last good entry).
 `subsets` (e.g. ["M"]) keeps a segment when any of its subsets is selected; the default keeps all.
 Selection is not a drop: unselected segments produce no rows at all.
 """
@@ -44,10 +46,8 @@ class WenetSpeechReader:
         return manifest_units(source, MANIFEST)
 
     def read(self, source: SourceConfig, unit: str) -> Iterator[dict[str, Any]]:
-        root = source_path(source)
         rows = RowMaker(source, self.kind, self.default_task)
-        selected = {subset_key(s) for s in source.subsets}
-        for s in iter_manifest_segments(root, root / MANIFEST, unit, selected):
+        for s in iter_manifest_segments(source, MANIFEST, unit):
             if s.error:
                 yield rows.error(s.local_id, s.locator, s.error, language="zh")
                 continue

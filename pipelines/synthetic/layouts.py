@@ -1,4 +1,4 @@
-"""Writers of the corpora's native on-disk layouts (docs: shared CORPORA.md), so the tokenize job reads the
+"""Writers of the corpora's native on-disk layouts (docs/corpora.md), so the tokenize job reads the
 synthetic corpora with exactly the readers it uses for the real ones.
 
 Speech corpora are written in two steps: a `CorpusPlan` lists the audio files to synthesise (with their

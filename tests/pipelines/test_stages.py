@@ -4,6 +4,7 @@ decoding with every audio problem classified, and codec batching with bad-input 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from pipelines.records import SourceConfig, raw_row
 from pipelines.stages import (
     READ_SCHEMA,
     DoneSet,
+    build_rows,
     check_codes,
     classify_raw,
     decode_audio,
@@ -25,6 +27,7 @@ from pipelines.stages import (
     ratio_copies,
     read_units,
     record_key,
+    without_codes,
 )
 from tokenization.codecs.base import AudioCodec, CodecIdentity
 
@@ -62,20 +65,31 @@ def _unit_batch(sources: list[SourceConfig]) -> tuple[pa.Table, list[dict]]:
     return table, [s.__dict__ for s in sources]
 
 
-def test_read_units_skips_staged_records_and_reports_failing_units(tmp_path: Path) -> None:
+def test_read_units_skips_staged_records_and_reports_failing_units(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.readers.ttt_json import TttJsonReader
+
     good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
-    # the bad bytes sit past the first read buffer, so the reader yields rows before it fails
-    (tmp_path / "a.jsonl").write_bytes((json.dumps(good) + "\n").encode() * 400 + b"\xff\xfe not utf-8\n")
+    (tmp_path / "a.jsonl").write_text((json.dumps(good) + "\n") * 400)
+    read = TttJsonReader.read
+
+    def fails_midway(self: TttJsonReader, source: SourceConfig, unit: str) -> Iterator[dict[str, Any]]:
+        for i, row in enumerate(read(self, source, unit)):
+            if i == 150:
+                raise OSError("the disk went away")  # e.g. a network filesystem dropping mid-file
+            yield row
+
+    monkeypatch.setattr(TttJsonReader, "read", fails_midway)
     source = SourceConfig.from_mapping({"kind": "ttt_json", "path": str(tmp_path), "name": "tj"})
     batch, sources = _unit_batch([source])
     rows = pa.concat_tables(list(read_units(batch, sources=sources, done=np.zeros(0, "S16"), rows_per_block=64)))
     assert rows.schema == READ_SCHEMA
     ids = rows.column("record_id").to_pylist()
-    assert 0 < len(ids) - 1 < 400 and ids[:-1] == [f"tj/a/{i}" for i in range(len(ids) - 1)]
+    assert ids[:-1] == [f"tj/a/{i}" for i in range(150)]  # the rows read before the failure are kept
     failed = rows.to_pylist()[-1]
     assert (failed["record_id"], failed["status"], failed["stage"], failed["error"]) == (
         "tj/!unit/a.jsonl", q.QUARANTINE, "read", q.UNIT_FAILED)
-    assert "UnicodeDecodeError" in failed["detail"]
+    assert "OSError: the disk went away" in failed["detail"]
     done = np.array([record_key(i) for i in ids[::2]], dtype="S16")  # half of them staged by an earlier run
     again = pa.concat_tables(list(read_units(batch, sources=sources, done=done, rows_per_block=64)))
     assert again.column("record_id").to_pylist() == ids[1::2]
@@ -120,8 +134,9 @@ def _decode_case(audio_files: dict[str, Path], **kw: Any) -> list[dict[str, Any]
                                                                                                "content": "x"}]},
              {**base, "record_id": "s/bytes", "locator": "b", "audio_bytes": audio_files["good"].read_bytes()},
              {**base, "record_id": "s/window", "locator": "w", "audio_path": str(audio_files["long"]),
-              "audio_start": 1.0, "audio_end": 1.5}]
-    out = decode_audio(_work_rows(rows), sample_rate=SR, **kw)
+              "audio_start": 1.0, "audio_end": 1.5},
+             {**base, "record_id": "s/caption", "locator": "a", "task": "aac", "audio_path": str(audio_files["long"])}]
+    out = decode_audio(_work_rows(rows), sample_rate=SR, **{"min_seconds": 0.1, "max_chars_per_second": 30.0, **kw})
     assert "audio_bytes" not in out.column_names
     return out.to_pylist()
 
@@ -132,14 +147,14 @@ def test_decode_sorts_every_audio_problem_into_quarantine(audio_files: dict[str,
                 "noaudio": q.NO_AUDIO}
     for name, error in expected.items():
         assert (rows[name]["status"], rows[name]["stage"], rows[name]["error"]) == (q.QUARANTINE, "decode", error)
-    for name in ("good", "stereo44", "long", "chat", "bytes", "window"):
+    for name in ("good", "stereo44", "chat", "bytes", "window", "caption"):
         assert rows[name]["status"] == q.OK, rows[name]["detail"]
     stereo = rows["stereo44"]
     assert (stereo["orig_sample_rate"], stereo["orig_channels"], stereo["resampled"], stereo["downmixed"]) == (
         44100, 2, True, True)
     assert len(np.frombuffer(stereo["audio_pcm"][0], "<f4")) == SR  # 1 s at the codec rate
     assert not rows["good"]["resampled"] and not rows["good"]["downmixed"]
-    long = rows["long"]
+    long = rows["caption"]  # a caption describes the whole clip, so every window keeps it
     assert long["audio_windows"] == 2 and [len(b) // 4 for b in long["audio_pcm"]] == [SR * 3 // 2] * 2
     assert len(rows["window"]["audio_pcm"][0]) // 4 == SR // 2  # a segment of a longer file
     assert rows["chat"]["audio_pcm"] == [] and not rows["chat"]["has_audio"]
@@ -149,6 +164,89 @@ def test_decode_can_quarantine_over_long_audio(audio_files: dict[str, Path]) -> 
     rows = {r["record_id"]: r for r in _decode_case(audio_files, max_seconds=2.0, too_long="quarantine")}
     assert (rows["s/long"]["status"], rows["s/long"]["error"]) == (q.QUARANTINE, q.TOO_LONG)
     assert rows["s/good"]["status"] == q.OK
+
+
+def _decode(rows: list[dict[str, Any]], **kw: Any) -> dict[str, dict[str, Any]]:
+    """decode_audio over rows given as raw_row fields (asr on a 2 s limit unless they say otherwise), by id."""
+    base = {"source": "s", "kind": "lhotse", "task": "asr", "text": "T"}
+    settings = {"max_seconds": 2.0, "too_long": "split", "min_seconds": 0.1, "max_chars_per_second": 30.0, **kw}
+    table = _work_rows([{**base, "locator": r["record_id"], **r} for r in rows])
+    return {r["record_id"]: r for r in decode_audio(table, sample_rate=SR, **settings).to_pylist()}
+
+
+def test_decode_drops_audio_too_short_to_encode_and_transcripts_too_long_for_their_audio(tmp_path: Path) -> None:
+    blip = tmp_path / "blip.wav"
+    sf.write(blip, _tone(0.01), SR)  # 10 ms: the embedded codec's STFT padding fails on it
+    one = tmp_path / "one.wav"
+    sf.write(one, _tone(1.0), SR)
+    words = "WORDS " * 10  # 60 characters on 1 s of audio
+    rows = _decode([{"record_id": "blip", "audio_path": str(blip)},
+                    {"record_id": "rushed", "audio_path": str(one), "text": words},
+                    {"record_id": "rushed_tts", "task": "tts", "audio_path": str(one), "text": words},
+                    {"record_id": "caption", "task": "aac", "audio_path": str(one), "text": words},
+                    {"record_id": "fine", "audio_path": str(one), "text": "WORDS " * 4}])
+    assert (rows["blip"]["status"], rows["blip"]["stage"], rows["blip"]["drop_reason"]) == (q.DROP, "decode",
+                                                                                           q.TOO_SHORT)
+    for rid in ("rushed", "rushed_tts"):
+        assert (rows[rid]["status"], rows[rid]["drop_reason"]) == (q.DROP, q.TOO_FAST), rid
+    assert rows["caption"]["status"] == q.OK  # a caption is not a transcript: its length says nothing
+    assert rows["fine"]["status"] == q.OK
+    relaxed = _decode([{"record_id": "blip", "audio_path": str(blip)},
+                       {"record_id": "rushed", "audio_path": str(one), "text": words}],
+                      min_seconds=0.005, max_chars_per_second=None)
+    assert all(r["status"] == q.OK for r in relaxed.values())
+
+
+def test_decode_quarantines_windows_outside_their_file(audio_files: dict[str, Path]) -> None:
+    long = str(audio_files["long"])  # 3 s
+    rows = _decode([{"record_id": "past_start", "audio_path": long, "audio_start": 5.0, "audio_end": 6.0},
+                    {"record_id": "at_end", "audio_path": long, "audio_start": 3.0},
+                    {"record_id": "past_end", "audio_path": long, "audio_start": 2.0, "audio_end": 4.0},
+                    {"record_id": "inverted", "audio_path": long, "audio_start": 1.0, "audio_end": 0.5},
+                    {"record_id": "bytes", "audio_bytes": audio_files["long"].read_bytes(), "audio_start": 4.0},
+                    {"record_id": "slack", "audio_path": long, "audio_start": 2.5, "audio_end": 3.2}])
+    for rid in ("past_start", "at_end", "past_end", "inverted", "bytes"):
+        assert (rows[rid]["status"], rows[rid]["stage"], rows[rid]["error"]) == (q.QUARANTINE, "decode",
+                                                                                 q.BAD_WINDOW), rid
+    assert rows["past_start"]["detail"] == (f"window [5.000, 6.000] s starts at or after the end of the 3.000 s "
+                                            f"file: {long}")
+    assert "ends 1.000 s after the end of the 3.000 s file" in rows["past_end"]["detail"]
+    assert "empty or negative" in rows["inverted"]["detail"]
+    assert rows["slack"]["status"] == q.OK  # within WINDOW_SLACK_SECONDS: read to the end of the file
+    assert len(rows["slack"]["audio_pcm"][0]) // 4 == SR // 2
+
+
+def test_decode_drops_over_long_transcribed_audio_and_splits_the_rest(audio_files: dict[str, Path]) -> None:
+    long = str(audio_files["long"])  # 3 s on a 2 s limit
+    rows = _decode([{"record_id": "asr", "audio_path": long}, {"record_id": "tts", "task": "tts", "audio_path": long},
+                    {"record_id": "aac", "task": "aac", "audio_path": long},
+                    {"record_id": "qa", "task": "spoken_qa", "audio_path": long}])
+    for rid in ("asr", "tts"):
+        assert (rows[rid]["status"], rows[rid]["stage"], rows[rid]["drop_reason"]) == (q.DROP, "decode",
+                                                                                       q.TOO_LONG_UNALIGNED), rid
+    for rid in ("aac", "qa"):  # a caption or a spoken question's answer holds for every window
+        assert (rows[rid]["status"], rows[rid]["audio_windows"]) == (q.OK, 2), rid
+    quarantined = _decode([{"record_id": "asr", "audio_path": long}], too_long="quarantine")
+    assert (quarantined["asr"]["status"], quarantined["asr"]["error"]) == (q.QUARANTINE, q.TOO_LONG)
+
+
+def test_build_drops_samples_longer_than_the_row() -> None:
+    identity = CodecIdentity("recording", "1", 25.0, 64, SR, SR, "")
+    chat = [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."}]
+    long_chat = [chat[0], {"role": "assistant", "content": "word " * 300}]
+    base = {"source": "s", "kind": "sharegpt", "task": "text_chat"}
+    table = _work_rows([{**base, "record_id": "s/short", "locator": "a", "messages": chat},
+                        {**base, "record_id": "s/long", "locator": "b", "messages": long_chat}])
+    decoded = decode_audio(table, sample_rate=SR, max_seconds=30.0, too_long="split", min_seconds=0.1,
+                           max_chars_per_second=30.0)
+    kw = {"text_tokenizer": "bundled:qwen", "codec_identity": identity.to_dict(), "layout": "compact"}
+    rows = {r["record_id"]: r for r in build_rows(without_codes(decoded), max_sample_tokens=100, **kw).to_pylist()}
+    assert rows["s/short"]["status"] == q.OK and 0 < rows["s/short"]["n_tokens"] <= 100
+    long = rows["s/long"]
+    assert (long["status"], long["stage"], long["drop_reason"], long["n_tokens"]) == (q.DROP, "build",
+                                                                                      q.LONGER_THAN_ROW, 0)
+    unlimited = build_rows(without_codes(decoded), max_sample_tokens=None, **kw).column("status").to_pylist()
+    assert unlimited == [q.OK, q.OK]
 
 
 # ---- encode --------------------------------------------------------------------------------------------

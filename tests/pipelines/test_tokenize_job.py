@@ -5,10 +5,12 @@ counts that reconcile, byte-identical reruns, and resume after a real SIGKILL.""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,20 @@ import pytest
 from pipelines import quarantine as q
 from pipelines.readers import get_reader
 from pipelines.records import SourceConfig
-from pipelines.tokenize_job import JobConfigError, commit, load_sources, plan_sources, settings_from_config
+from pipelines.tokenize_job import (
+    JobConfigError,
+    JobSettings,
+    JobStalledError,
+    StallWatchdog,
+    commit,
+    fingerprint,
+    format_summary,
+    load_sources,
+    plan_sources,
+    settings_from_config,
+    size_pools,
+    watching,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "corpora"
@@ -54,6 +69,11 @@ def test_config_errors_fail_fast_listing_every_problem(tmp_path: Path) -> None:
     ({"sources_file": "/no/such/sources.yaml"}, "does not exist"),
     ({"sources": [{"kind": "lhotse", "path": "."}], "audio": {"too_long": "truncate"}}, "split|quarantine"),
     ({"sources": [{"kind": "lhotse", "path": "."}], "shards": {"rows_per_shard": 0}}, "rows_per_shard"),
+    ({"sources": [{"kind": "lhotse", "path": "."}], "audio": {"min_seconds": 40}}, "below data.audio.max_seconds"),
+    ({"sources": [{"kind": "lhotse", "path": "."}], "audio": {"max_chars_per_second": 0}}, "positive or null"),
+    ({"sources": [{"kind": "lhotse", "path": "."}], "max_sample_tokens": -1}, "max_sample_tokens must be positive"),
+    ({"sources": [{"kind": "lhotse", "path": "."}], "job": {"stall_warn_seconds": 60, "stall_fail_seconds": 30}},
+     "must not exceed data.job.stall_fail_seconds"),
 ])
 def test_bad_settings_are_config_errors(tmp_path: Path, data: dict, match: str) -> None:
     with pytest.raises(JobConfigError, match=match):
@@ -122,8 +142,9 @@ def fixture_sources() -> list[dict[str, Any]]:
 
 
 def job_cfg(shards: Path, sources: list[dict[str, Any]], codec: dict[str, Any], **job: Any) -> dict[str, Any]:
+    # no characters-per-second limit: the readers' fixtures pair 0.25 s tones with whole sentences
     data = {"tts": {"voice": "espeak:en", "voices": {"zh": "espeak:cmn"}},
-            "audio": {"max_seconds": 2.0, "too_long": "quarantine"},
+            "audio": {"max_seconds": 2.0, "too_long": "quarantine", "max_chars_per_second": None},
             "shards": {"rows_per_shard": 16, "row_group_rows": 4}, "job": {"rows_per_block": 4, **job},
             "sources": sources}
     return {"paths": {"shards": str(shards)}, "codec": codec, "data": data}
@@ -140,7 +161,7 @@ def reader_rows(sources: list[dict[str, Any]]) -> dict[str, int]:
             try:
                 for _ in reader.read(s, unit):
                     n += 1
-            except UnicodeDecodeError:  # the unit that fails on purpose: the job adds one row for it
+            except EOFError:  # the unit that fails on purpose (a truncated gzip): the job adds one row for it
                 n += 1
         counts[s.source_name] = n
     return counts
@@ -157,14 +178,18 @@ def _write_jsonl_gz(path: Path, rows: list[dict[str, Any]]) -> None:
         f.writelines(json.dumps(r) + "\n" for r in rows)
 
 
-def make_lhotse(root: Path, clips: dict[str, tuple[Path, float, int, int]], texts: dict[str, str]) -> Path:
-    """lhotse recordings + supervisions over existing files: clip id -> (path, seconds, rate, channels)."""
+def make_lhotse(root: Path, clips: dict[str, tuple[Path, float, int, int]], texts: dict[str, str],
+                windows: dict[str, tuple[float, float]] | None = None) -> Path:
+    """lhotse recordings + supervisions over existing files: clip id -> (path, seconds, rate, channels); a
+    supervision covers its whole clip unless `windows` gives it (start, duration)."""
     root.mkdir(parents=True, exist_ok=True)
     recordings = [{"id": cid, "sources": [{"type": "file", "channels": list(range(ch)), "source": str(path)}],
                    "sampling_rate": sr, "num_samples": int(sec * sr), "duration": sec}
                   for cid, (path, sec, sr, ch) in clips.items()]
-    supervisions = [{"id": f"sup-{cid}", "recording_id": cid, "start": 0.0, "duration": clips[cid][1], "channel": 0,
-                     "text": text, "language": "English", "speaker": "spk"} for cid, text in texts.items()]
+    spans = {cid: (windows or {}).get(cid, (0.0, clips[cid][1])) for cid in texts}
+    supervisions = [{"id": f"sup-{cid}", "recording_id": cid, "start": spans[cid][0], "duration": spans[cid][1],
+                     "channel": 0, "text": text, "language": "English", "speaker": "spk"}
+                    for cid, text in texts.items()]
     _write_jsonl_gz(root / "test_recordings_train.jsonl.gz", recordings)
     _write_jsonl_gz(root / "test_supervisions_train.jsonl.gz", supervisions)
     return root
@@ -190,7 +215,7 @@ def error_corpus(root: Path) -> list[dict[str, Any]]:
     """Sources in which every quarantine class occurs at least once, next to good rows."""
     import soundfile as sf
 
-    audio = root / "audio"
+    audio = root / "lhotse" / "audio"  # inside the source root, where the readers confine audio paths
     clips = speech_clips(audio, ["A good sentence.", "Another fine one."])
     sr = 16000
     tone = (0.3 * np.sin(np.arange(sr) / sr * 2 * np.pi * 220)).astype(np.float32)
@@ -201,10 +226,12 @@ def error_corpus(root: Path) -> list[dict[str, Any]]:
     nan[10:20] = np.nan
     sf.write(audio / "nan.wav", nan, sr, subtype="FLOAT")
     sf.write(audio / "long.wav", np.tile(tone, 3), sr)
+    sf.write(audio / "blip.wav", tone[: sr // 100], sr)
     clips |= {"stereo": (audio / "stereo.wav", 1.0, sr, 2), "corrupt": (audio / "corrupt.wav", 1.0, sr, 1),
               "empty": (audio / "empty.wav", 1.0, sr, 1), "nan": (audio / "nan.wav", 1.0, sr, 1),
-              "long": (audio / "long.wav", 3.0, sr, 1), "gone": (audio / "gone.wav", 1.0, sr, 1)}
-    lhotse = make_lhotse(root / "lhotse", clips, {cid: "SOME WORDS" for cid in clips})
+              "long": (audio / "long.wav", 3.0, sr, 1), "gone": (audio / "gone.wav", 1.0, sr, 1),
+              "late": (audio / "long.wav", 3.0, sr, 1), "blip": (audio / "blip.wav", 0.01, sr, 1)}
+    lhotse = make_lhotse(root / "lhotse", clips, {cid: "SOME WORDS" for cid in clips}, windows={"late": (5.0, 1.0)})
     chat = root / "chat"
     chat.mkdir()
     convs = [{"id": "ok", "conversations": [{"from": "human", "value": "Hello there."},
@@ -218,7 +245,9 @@ def error_corpus(root: Path) -> list[dict[str, Any]]:
                                                                  "<|end_of_audio_new|> text."}) + "\n"
                                 + json.dumps({"id": "bogus", "text": "x <|bogus_token|> y"}) + "\n")
     good = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
-    (tj / "b.jsonl").write_bytes((json.dumps(good) + "\n").encode() * 300 + b"\xff\xfe\n")
+    (tj / "b.jsonl").write_bytes((json.dumps(good) + "\n").encode() * 300 + b"\xff\xfe\n")  # costs one line
+    for part in ("recordings", "supervisions"):  # a truncated gzip pair: the lhotse reader fails on the unit
+        (lhotse / f"{part}_broken.jsonl.gz").write_bytes(b"\x1f\x8bgarbage")
     return [{"kind": "lhotse", "path": str(lhotse), "name": "lh"},
             {"kind": "sharegpt", "path": str(chat), "name": "chat", "task": "audio_chat"},
             {"kind": "ttt_json", "path": str(tj), "name": "tj"}]
@@ -281,11 +310,13 @@ def test_every_error_class_is_quarantined_at_its_stage(reference: Run) -> None:
     rows = duck.query("SELECT record_id, stage, error FROM quarantine", reference.shards).to_pylist()
     got = {r["record_id"]: (r["stage"], r["error"]) for r in rows}
     assert got["lh/sup-gone"] == ("read", q.READER_ERROR)  # the lhotse reader checks files itself
-    assert got["tj/!unit/b.jsonl"] == ("read", q.UNIT_FAILED)
+    assert got["tj/b/300"] == ("read", q.READER_ERROR)  # the line that is not UTF-8, not its whole file
+    assert got["lh/!unit/supervisions_broken.jsonl.gz"] == ("read", q.UNIT_FAILED)
     assert got["lh/sup-corrupt"] == ("decode", q.CORRUPT_AUDIO)
     assert got["lh/sup-empty"] == ("decode", q.EMPTY_AUDIO)
     assert got["lh/sup-nan"] == ("decode", q.NAN_AUDIO)
     assert got["lh/sup-long"] == ("decode", q.TOO_LONG)
+    assert got["lh/sup-late"] == ("decode", q.BAD_WINDOW)  # a window past the end of its file
     assert got["chat/mute"] == ("tts", q.TTS_FAILED)
     assert got["tj/bogus"] == ("build", q.BUILD_FAILED)
     reasons = reference.report.manifest["counts"]["quarantine_reasons"]
@@ -296,6 +327,14 @@ def test_every_error_class_is_quarantined_at_its_stage(reference: Run) -> None:
     stereo = samples["lh/sup-stereo"]
     assert (stereo["resampled"], stereo["downmixed"], stereo["orig_channels"]) == (False, True, 2)
     assert samples["lh/sup-clip000"]["resampled"]  # espeak's 22.05 kHz resampled to the codec's 16 kHz
+
+
+def test_threshold_drops_are_counted_with_their_settings(reference: Run) -> None:
+    counts = reference.report.manifest["counts"]
+    lh = counts["sources"]["lh"]
+    assert lh["dropped"] == {q.TOO_SHORT: 1}  # 10 ms of audio
+    assert lh["read"] == lh["written_records"] + lh["quarantined"] + sum(lh["dropped"].values())
+    assert f"dropped {q.TOO_SHORT}: 1 (below data.audio.min_seconds=0.1)" in format_summary(counts)
 
 
 def test_finished_run_is_recognised(reference: Run) -> None:
@@ -348,7 +387,7 @@ def test_encode_stage_quarantines_only_rows_the_codec_rejects(codec_cfg: dict[st
     rows = [classify_raw(raw_row(record_id=f"s/{cid}", source="s", kind="lhotse", task="asr", locator=cid,
                                  text="X", audio_path=path), 1.0) for cid, (path, *_rest) in clips.items()]
     decoded = decode_audio(pa.Table.from_pylist(rows, schema=READ_SCHEMA), sample_rate=16000, max_seconds=30.0,
-                           too_long="split")
+                           too_long="split", min_seconds=0.1, max_chars_per_second=30.0)
     pcm = decoded.column("audio_pcm").to_pylist()
     pcm[1] = [b""]  # what the codec refuses: an empty waveform (the decode stage never lets one through)
     decoded = decoded.set_column(decoded.schema.get_field_index("audio_pcm"), "audio_pcm",
@@ -393,3 +432,183 @@ def test_corpus_text_vocab_needs_the_compact_layout(tmp_path: Path) -> None:
     with pytest.raises(JobConfigError, match=r"full\|corpus"):
         settings_from_config({"paths": {"shards": str(tmp_path)}, "codec": {"kind": "embedded"},
                               "data": {**data, "text_vocab": "tiny", "vocab_layout": "compact"}})
+
+
+# ---- thresholds, over-long records, actor pools and the stall watchdog (issue #16) -----------------------
+
+def test_limits_are_read_from_the_config_and_null_means_none(tmp_path: Path) -> None:
+    sources = [{"kind": "lhotse", "path": "."}]
+    defaults = settings_from_config(_cfg(tmp_path, sources))
+    assert (defaults.min_seconds, defaults.max_chars_per_second, defaults.max_sample_tokens) == (0.1, 30.0, None)
+    s = settings_from_config(_cfg(tmp_path, sources, audio={"min_seconds": 0.2, "max_chars_per_second": None},
+                                  max_sample_tokens=1280, job={"stall_warn_seconds": 5, "stall_fail_seconds": 9}))
+    assert (s.min_seconds, s.max_chars_per_second, s.max_sample_tokens) == (0.2, None, 1280)
+    assert (s.stall_warn_seconds, s.stall_fail_seconds) == (5.0, 9.0)
+    assert fingerprint(s, {}) != fingerprint(defaults, {})  # the limits decide what is written
+
+
+def _pool_settings(tmp_path: Path, tts: tuple[int, float], encode: tuple[int, float]) -> JobSettings:
+    """A job whose source needs speech, so it runs both actor pools: (actors, CPUs each)."""
+    sources = [{"kind": "lhotse", "path": str(FIXTURES / "lhotse"), "task": "tts"}]
+    return settings_from_config(_cfg(tmp_path, sources, tts={"pool_size": tts[0], "num_cpus": tts[1]},
+                                     encode={"pool_size": encode[0], "num_cpus": encode[1]}))
+
+
+def test_pools_that_leave_the_tasks_a_cpu_are_kept(tmp_path: Path) -> None:
+    settings = _pool_settings(tmp_path, (2, 0.5), (1, 1.0))  # the embedded defaults on 4 logical CPUs
+    assert size_pools(settings, 4.0) is settings
+
+
+def test_pools_that_would_hold_every_cpu_are_shrunk_with_a_warning(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    settings = _pool_settings(tmp_path, (4, 0.5), (2, 1.0))  # data=small's pools on 4 CPUs: 4 held, none left
+    with caplog.at_level(logging.WARNING, logger="pipelines.tokenize_job"):
+        sized = size_pools(settings, 4.0)
+    assert (sized.tts_pool, sized.encode_pool) == (3, 1)  # 2.5 CPUs held, 1.5 left to the tasks
+    assert "data.tts.pool_size=3 (configured 4), data.encode.pool_size=1 (configured 2)" in caplog.text
+    assert fingerprint(sized, {}) == fingerprint(settings, {})  # pool sizes never change the shards
+
+
+def test_pools_that_cannot_leave_a_cpu_refuse_to_start(tmp_path: Path) -> None:
+    """The hang of issue #16: data.job.num_cpus=2 with the embedded pools (2 x 0.5 + 1 x 1 CPU)."""
+    settings = _pool_settings(tmp_path, (2, 0.5), (1, 1.0))
+    with pytest.raises(JobConfigError, match=r"has 2 CPUs .* hold 1\.5 of them .* Raise data\.job\.num_cpus to at "
+                                             r"least 2\.5 .* data\.tts\.num_cpus / data\.encode\.num_cpus"):
+        size_pools(settings, 2.0)
+
+
+def test_a_job_whose_pools_hold_every_cpu_fails_fast(ray_local: Any, codec_cfg: dict[str, Any],
+                                                     tmp_path: Path) -> None:
+    from pipelines.tokenize_job import run_tokenize_job
+
+    sources = [{"kind": "lhotse", "path": str(FIXTURES / "lhotse"), "task": "tts"}]
+    config = job_cfg(tmp_path / "shards", sources, codec_cfg)
+    cpus = ray_local.cluster_resources()["CPU"]
+    config["data"] |= {"tts": {"voice": "espeak:en", "pool_size": 1, "num_cpus": cpus / 2},
+                       "encode": {"pool_size": 1, "num_cpus": cpus / 2}}
+    t0 = time.monotonic()
+    with pytest.raises(JobConfigError, match="Ray Data would wait forever"):
+        run_tokenize_job(config)
+    assert time.monotonic() - t0 < 60
+    assert not list((tmp_path / "shards").glob("_staging/*/rows/*.parquet"))
+
+
+def test_stall_watchdog_warns_then_gives_the_reason_to_fail(caplog: pytest.LogCaptureFixture) -> None:
+    now, files = [0.0], [0]
+    watchdog = StallWatchdog("the stage phase", lambda: files[0], lambda: "Ray cluster: CPU 0 free of 2",
+                             warn_s=300, fail_s=1800, clock=lambda: now[0])
+
+    def at(t: float) -> str | None:
+        now[0] = t
+        return watchdog.check()
+
+    with caplog.at_level(logging.WARNING, logger="pipelines.tokenize_job"):
+        assert at(299) is None and not caplog.records
+        assert at(300) is None and len(caplog.records) == 1
+        assert "the stage phase has made no progress for 300 s; Ray cluster: CPU 0 free of 2" in caplog.text
+        assert at(450) is None and len(caplog.records) == 1  # then once every warn_s
+        assert at(600) is None and len(caplog.records) == 2
+        files[0] = 1  # progress restarts the clock
+        assert at(700) is None and at(999) is None and len(caplog.records) == 2
+        assert at(2499) is None
+        assert at(2500) == ("the stage phase made no progress for 1800 s (data.job.stall_fail_seconds=1800); "
+                            "Ray cluster: CPU 0 free of 2")
+
+
+def test_watching_stops_a_stalled_body_in_its_own_thread() -> None:
+    """The body waits the way Ray Data's consumer does (10 ms sleeps), in a thread that is not the main one."""
+    errors: list[BaseException] = []
+
+    def job() -> None:
+        watchdog = StallWatchdog("a phase", lambda: 0, lambda: "Ray cluster: CPU 0 free of 2", warn_s=0.05,
+                                 fail_s=0.2)
+        try:
+            with watching(watchdog, poll_s=0.02):
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    time.sleep(0.01)
+        except JobStalledError as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    thread.join(30)
+    assert len(errors) == 1 and str(errors[0]).startswith("a phase made no progress for")
+    assert str(errors[0]).endswith("(data.job.stall_fail_seconds=0.2); Ray cluster: CPU 0 free of 2")
+    finished = StallWatchdog("a phase", lambda: 0, lambda: "", warn_s=0.05, fail_s=0.2)
+    with watching(finished, poll_s=0.02):  # a body that ends in time is left alone
+        time.sleep(0.05)
+
+
+def test_a_stalled_stage_fails_with_the_reason_and_frees_the_cluster(ray_local: Any, codec_cfg: dict[str, Any],
+                                                                     tmp_path: Path) -> None:
+    """Pools that hold every CPU (what `size_pools` now refuses) used to leave the stage phase waiting forever;
+    the watchdog fails it after data.job.stall_fail_seconds, and Ray Data releases the actors."""
+    from pipelines.tokenize_job import RunLayout, stage_records
+    from tokenization.codecs import build_codec
+
+    sources = [{"kind": "lhotse", "path": str(FIXTURES / "lhotse"), "task": "tts"}]
+    config = job_cfg(tmp_path / "shards", sources, codec_cfg, stall_warn_seconds=2, stall_fail_seconds=5)
+    cpus = ray_local.cluster_resources()["CPU"]
+    config["data"] |= {"tts": {"voice": "espeak:en", "pool_size": 1, "num_cpus": cpus / 2},
+                       "encode": {"pool_size": 1, "num_cpus": cpus / 2}}
+    settings = settings_from_config(config)
+    layout = RunLayout(settings.shards_dir, "0" * 64)
+    layout.prepare(force=False)
+    with pytest.raises(JobStalledError, match=r"^the stage phase .* made no progress for \d+ s "
+                                              r"\(data.job.stall_fail_seconds=5\); Ray cluster: CPU .* actor pools "
+                                              rf"hold data.tts: 1 x {cpus / 2:g} CPU, data.encode: 1 x {cpus / 2:g}"):
+        stage_records(settings, plan_sources(settings.sources), build_codec(settings.codec).identity, layout)
+    deadline = time.monotonic() + 60
+    while ray_local.available_resources().get("CPU", 0.0) < cpus:
+        assert time.monotonic() < deadline, f"actors still hold CPUs: {ray_local.available_resources()}"
+        time.sleep(0.2)
+
+
+def test_transcribed_audio_is_not_split_and_samples_fit_the_row(ray_local: Any, codec_cfg: dict[str, Any],
+                                                                tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """Over-long audio with a transcript is dropped, captioned audio is split, samples longer than the row and
+    transcripts too long for their audio are dropped, each counted by reason; the pools as configured would hold
+    every CPU, so they run smaller."""
+    import soundfile as sf
+
+    from pipelines.tokenize_job import run_tokenize_job
+
+    def corpus(root: Path, texts: dict[str, str]) -> Path:
+        audio = root / "audio"  # inside the source root, where the readers confine audio paths
+        clips = speech_clips(audio, ["A good sentence."])
+        sr = 16000
+        tone = (0.3 * np.sin(np.arange(sr) / sr * 2 * np.pi * 220)).astype(np.float32)
+        sf.write(audio / "one.wav", tone, sr)
+        sf.write(audio / "three.wav", np.tile(tone, 3), sr)
+        clips |= {"one": (audio / "one.wav", 1.0, sr, 1), "three": (audio / "three.wav", 3.0, sr, 1)}
+        return make_lhotse(root, clips, texts)
+
+    # 60 characters on 1 s of audio: more than data.audio.max_chars_per_second (30 by default) allows
+    speech = corpus(tmp_path / "speech", {"clip000": "A GOOD SENTENCE", "three": "A TONE", "one": "WORDS " * 10})
+    captions = corpus(tmp_path / "captions", {"one": "A TONE", "three": "A LONGER TONE"})
+    sources = [{"kind": "lhotse", "path": str(speech), "name": "asr"},
+               {"kind": "lhotse", "path": str(speech), "name": "tts", "task": "tts"},
+               {"kind": "lhotse", "path": str(captions), "name": "aac", "task": "aac"}]
+    config = job_cfg(tmp_path / "shards", sources, codec_cfg)
+    cpus = ray_local.cluster_resources()["CPU"]
+    # 100 codes/s (TINY_CODEC): 3 s of captioned audio is ~300 tokens, a sentence of speech ~150
+    config["data"] |= {"audio": {"max_seconds": 2.0, "too_long": "split"}, "max_sample_tokens": 250,
+                       "tts": {"voice": "espeak:en", "pool_size": 2, "num_cpus": cpus / 4},
+                       "encode": {"pool_size": 2, "num_cpus": cpus / 4}}
+    with caplog.at_level(logging.WARNING, logger="pipelines.tokenize_job"):
+        report = run_tokenize_job(config)
+    assert "data.tts.pool_size=1 (configured 2)" in caplog.text
+    counts = report.manifest["counts"]
+    got = {name: (c["read"], c["written_records"], c["quarantined"], c["dropped"])
+           for name, c in counts["sources"].items()}
+    paired = (3, 1, 0, {q.TOO_LONG_UNALIGNED: 1, q.TOO_FAST: 1})
+    assert got == {"asr": paired, "tts": paired, "aac": (2, 1, 0, {q.LONGER_THAN_ROW: 1})}
+    summary = format_summary(counts)
+    assert f"dropped {q.TOO_FAST}: 2 (above data.audio.max_chars_per_second=30.0)" in summary
+    assert f"dropped {q.TOO_LONG_UNALIGNED}: 2 (transcribed audio above data.audio.max_seconds=2)" in summary
+    assert f"dropped {q.LONGER_THAN_ROW}: 1 (above data.max_sample_tokens=250)" in summary
+    table = pq.read_table(tmp_path / "shards" / "parquet")
+    assert sorted(table.column("sample_id").to_pylist()) == ["aac/sup-one", "asr/sup-clip000", "tts/sup-clip000"]
+    assert max(table.column("n_tokens").to_pylist()) <= 250

@@ -21,6 +21,7 @@ import pytest
 import soundfile as sf
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import Qwen2ForCausalLM
 
 from tokenization.audio import resample
 from tokenization.codecs.base import AudioCodec, CodecIdentity
@@ -79,6 +80,11 @@ def save_byte_tokenizer(directory: Path) -> str:
 def scripted_checkpoint(directory: Path, tokenizer: str, codec: AudioCodec) -> Path:
     """Save the scripted bigram model described in the module docstring; returns the checkpoint dir."""
     vocab = make_vocab(tokenizer, codec.identity, "compact")
+    return save_checkpoint(scripted_model(vocab), vocab.manifest(), directory)
+
+
+def scripted_model(vocab: UnifiedVocab) -> Qwen2ForCausalLM:
+    """The scripted bigram model of the module docstring over `vocab` (any layout)."""
     model = build_model({"init": "random", "config": SCRIPTED, "attn_implementation": "sdpa"}, vocab)
     text = {c: vocab.encode_text(c)[0] for c in "\nOKx"}
     audio = range(vocab.audio_offset, vocab.audio_offset + vocab.codebook_size)
@@ -99,7 +105,7 @@ def scripted_checkpoint(directory: Path, tokenizer: str, codec: AudioCodec) -> P
             emb[inputs] = 0.0
             emb[inputs, dim] = 1.0
             head[predicted, dim] = 10.0
-    return save_checkpoint(model, vocab.manifest(), directory)
+    return model
 
 
 @pytest.fixture(scope="module")

@@ -172,7 +172,7 @@ def stop_head(proc: subprocess.Popen, temp_dir: Path) -> None:
 @contextmanager
 def running_head(ports: list[int], temp_dir: Path, log: Path, env: dict[str, str]) -> Iterator[subprocess.Popen]:
     """`ray start --head --block` on these ports (one per PORT_FLAGS, then the worker range), 4 logical CPUs
-    (RAY.md: Ray Data needs more than the 2 cores); on exit it is stopped and its temp dir removed."""
+    (docs/ray.md: Ray Data needs more than the 2 cores); on exit it is stopped and its temp dir removed."""
     flags = [str(a) for flag_port in zip(PORT_FLAGS, ports, strict=False) for a in flag_port]
     command = [RAY_CLI, "start", "--head", "--block", "--num-cpus", "4",
                "--object-store-memory", str(OBJECT_STORE_BYTES), "--include-dashboard", "true",

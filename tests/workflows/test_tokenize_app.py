@@ -25,3 +25,17 @@ def test_scripts_in_workflows_get_the_standard_tokenize_module() -> None:
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert not proc.stdout.strip().startswith(str(ROOT))
+
+
+def test_a_sources_file_gets_no_hint_about_the_embedded_corpora(tmp_path: Path) -> None:
+    """The reference's data_config with GLM-4-Voice but no weights (issue #17): the error says what to set and
+    points at the declared codec, without a hint about paths.raw, which a sources file does not use."""
+    from tests.pipelines.reference_samples import write_reference_data
+
+    config = write_reference_data(tmp_path / "TtT", bad=False)
+    proc = subprocess.run([sys.executable, "workflows/tokenize.py", f"paths.root={tmp_path / 'run'}", "data=reference",
+                           f"data.sources_file={config}", "codec=glm4voice", "codec.device=cpu"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "cannot build the vocabulary" in proc.stderr and "tokenizer_path is not set" in proc.stderr
+    assert "codec=glm4voice_declared" in proc.stderr and "prepare_data.py" not in proc.stderr

@@ -15,6 +15,7 @@ from tokenization.codecs.base import AudioCodec
 
 # kind -> module exposing `load_codec(cfg: Mapping) -> AudioCodec`
 CODEC_MODULES: dict[str, str] = {
+    "declared": "tokenization.codecs.declared",
     "embedded": "tokenization.codecs.embedded",
     "glm4voice": "tokenization.codecs.glm4voice",
     "s3": "tokenization.codecs.s3",

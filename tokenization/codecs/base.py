@@ -15,6 +15,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+# `params_hash` of an identity that is declared in config rather than measured from loaded weights: data that is
+# already codes (the reference implementation's released JSON) needs the codec's identity, not its weights.
+DECLARED = "declared"
+
 
 @dataclass(frozen=True)
 class CodecIdentity:
@@ -30,6 +34,11 @@ class CodecIdentity:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def declared(self) -> bool:
+        """Stated in config, not hashed from weights: the manifest of pre-coded data says so (`params_hash`)."""
+        return self.params_hash == DECLARED
 
 
 class StreamingDecoder(ABC):
@@ -59,6 +68,12 @@ class AudioCodec(ABC):
     @abstractmethod
     def decode(self, codes: np.ndarray) -> tuple[np.ndarray, int]:
         """int codes -> (mono float32 waveform, sample rate)."""
+
+    @property
+    def can_decode(self) -> bool:
+        """Whether `decode` works; False for an encode-only or declared codec, whose callers keep the codes
+        instead of speech (inference then still answers, with codes and no waveform)."""
+        return True
 
     def encode_batch(self, waveforms: Sequence[np.ndarray], sample_rates: Sequence[int]) -> list[np.ndarray]:
         """Encode many utterances; implementations on accelerators override this to batch."""

@@ -79,7 +79,8 @@ def required_path(cfg: Mapping[str, Any], key: str) -> Path:
     """A path the config must set (production users point it at their local copy of the weights)."""
     value = cfg.get(key)
     if not value:
-        raise ValueError(f"codec.{key} is not set: point it at a local directory of the released weights")
+        raise ValueError(f"codec.{key} is not set: point it at a local directory of the released weights (data "
+                         "whose audio is already codes needs none: codec=glm4voice_declared)")
     return Path(str(value)).expanduser()
 
 
@@ -138,6 +139,10 @@ class SemanticTokenCodec(AudioCodec):
 
     def num_codes(self, num_samples: int, sample_rate: int) -> int:
         return self.tokenizer.num_codes(num_samples, sample_rate)
+
+    @property
+    def can_decode(self) -> bool:
+        return self.decoder is not None
 
     def _require_decoder(self) -> CosyVoiceDecoder:
         if self.decoder is None:

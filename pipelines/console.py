@@ -122,6 +122,7 @@ def setup_console(cfg: Mapping[str, Any], job: str) -> Path:
         warnings.showwarning = _log_warning
         if not isinstance(sys.stdout, _Tee):
             sys.stdout = _Tee(sys.stdout, files[0])
+        _route_ray_loggers()  # Ray may be imported already (a notebook, a second workflow in one process)
     log.info("full log: %s", log_file, extra=CONSOLE)
     return log_file
 
@@ -351,17 +352,23 @@ def route_ray_logging() -> None:
     import ray.data  # noqa: F401 - configures the `ray.data` logger, which must happen before we route it
     from ray.data._internal.execution import streaming_executor
 
-    for name in ("ray", "ray.data"):
-        logger = logging.getLogger(name)
-        for h in [h for h in logger.handlers if _is_console_handler(h)]:
-            logger.removeHandler(h)
-        logger.propagate = True
+    _route_ray_loggers()
     # Ray 2.60's own displays do not serve a stage: its operator bars are a block of lines per dataset, its
     # dataset-only bar counts the rows the driver consumes (none for a write or materialize: "0.00 row") and is
     # left on screen, and off a terminal it logs a dozen lines every 10 s. The executor asks this factory for
     # its display; if a Ray upgrade renames it, Ray's own display stays (nothing breaks).
     if hasattr(streaming_executor, "get_progress_manager"):
         streaming_executor.get_progress_manager = _dataset_bar
+
+
+def _route_ray_loggers() -> None:
+    """Ray's `ray` and `ray.data` loggers (given their own INFO console handlers and propagate=False when Ray is
+    imported) into the root logger's handlers: the log file, and the quiet console's filter."""
+    for name in ("ray", "ray.data"):
+        logger = logging.getLogger(name)
+        for h in [h for h in logger.handlers if _is_console_handler(h)]:
+            logger.removeHandler(h)
+        logger.propagate = True
 
 
 def _dataset_bar(ctx: Any, dataset_id: str, topology: Any, verbose_progress: bool) -> Any:

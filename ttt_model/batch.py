@@ -1,8 +1,9 @@
 """The packed training batch and the collator that builds it from shard rows.
 
 Per sample, in this order: BANOM → SST truncation (only when the truncated span will be diffused) →
-fit to the row length → PPM (on the spans that survived the fit) → target plan → noising; then the
-micro-batch is packed into rows (objective.py and strategies.py say why each step is as it is).
+fit to the row length → PPM (on the spans that survived the fit) → (block-causal audio only: the one
+noised block of each diffused span) → target plan → noising; then the micro-batch is packed into rows
+(objective.py and strategies.py say why each step is as it is).
 Every random draw comes from the sample's own stream (rng.sample_rng), so a sample is noised the same
 way whichever micro-batch, row or rank it lands in; only the optional stratified/antithetic t sampling
 couples the samples of one micro-batch, by design.
@@ -18,7 +19,16 @@ import torch
 
 from tokenization.sequence import Span
 from tokenization.vocab import UnifiedVocab
-from ttt_model.objective import IGNORE, NoisedSample, ObjectiveConfig, draw_t, noise_level, noise_sample, plan_targets
+from ttt_model.objective import (
+    IGNORE,
+    NoisedSample,
+    ObjectiveConfig,
+    draw_noised_blocks,
+    draw_t,
+    noise_level,
+    noise_sample,
+    plan_targets,
+)
 from ttt_model.packing import fit_to_length, pack
 from ttt_model.rng import sample_rng
 from ttt_model.strategies import (
@@ -91,6 +101,7 @@ class _Prepared:
     ids: np.ndarray
     spans: list[Span]
     plan_diffused: frozenset[int] | None
+    noised_blocks: dict[int, int] | None  # block-causal spans: the one decoding block noised per diffused span
     draw: StrategyDraw
     truncated: bool
 
@@ -116,7 +127,8 @@ class TtTCollator:
         noised = [
             noise_sample(
                 p.ids,
-                plan_targets(p.spans, len(p.ids), self.cfg.mode, p.plan_diffused),
+                plan_targets(p.spans, len(p.ids), self.cfg.mode, p.plan_diffused, self.cfg.span_block,
+                             p.noised_blocks),
                 float(pm),
                 sample_rng(self.seed, epoch, p.sample_id, "mask").random(len(p.ids)),
                 self.vocab.mask_id,
@@ -156,7 +168,7 @@ class TtTCollator:
         spans = as_spans(sample["spans"])
         if self.cfg.mode != "ttt":
             fitted, fitted_spans = fit_to_length(ids, spans, self.max_tokens)
-            return _Prepared(sid, fitted, fitted_spans, None, StrategyDraw(), len(fitted) < len(ids))
+            return _Prepared(sid, fitted, fitted_spans, None, None, StrategyDraw(), len(fitted) < len(ids))
         # Every stream is drawn whatever happens, so an ablation changes only what it removes.
         banom = draw_banom(self.cfg, sample_rng(self.seed, epoch, sid, "banom"))
         final = sst_span(spans, ids, self.vocab.pad_id)
@@ -175,7 +187,10 @@ class TtTCollator:
         ppm_from = draw_ppm(self.cfg, len(target_audio_spans(fitted_spans)), sample_rng(self.seed, epoch, sid, "ppm"))
         draw = StrategyDraw(banom=banom, ppm_from=None if banom else ppm_from, sst_keep=sst_keep)
         diffused = diffused_spans(fitted_spans, draw.banom, draw.ppm_from)
-        return _Prepared(sid, fitted, fitted_spans, diffused, draw, len(fitted) < len(ids))
+        block = self.cfg.span_block
+        noised = (None if block is None
+                  else draw_noised_blocks(fitted_spans, diffused, block, sample_rng(self.seed, epoch, sid, "block")))
+        return _Prepared(sid, fitted, fitted_spans, diffused, noised, draw, len(fitted) < len(ids))
 
     def _assemble(self, noised: Sequence[NoisedSample], bins: Sequence[Sequence[int]]) -> PackedBatch:
         shape = (len(bins), self.max_tokens)

@@ -12,7 +12,8 @@ starts after the first block instead of the end of the turn. `answer` collects o
 `answer_batch` decodes many conversations together (evaluation).
 
 The decoder follows the checkpoint's recorded training objective (`objective.json`; sampler `decode: auto`):
-a TtT checkpoint gets AR text + diffusion spans, an AR or NAR baseline its own decoder (ttt_model/sampler.py).
+a TtT checkpoint gets AR text + diffusion spans (block-causal ones when it was trained with them), an AR or NAR
+baseline its own decoder (ttt_model/sampler.py).
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ class SpeechLM:
         return cls(model.to(device).eval(), vocab, codec, manifest, load_objective(ckpt))
 
     def sampler(self, cfg: SamplerConfig | None = None, logits_processor: LogitsProcessor | None = None) -> TtTSampler:
-        return TtTSampler(self.model, self.vocab, cfg, logits_processor, trained_mode=self.trained_mode)
+        return TtTSampler(self.model, self.vocab, cfg, logits_processor, objective=self.objective)
 
 
 def read_audio(source: AudioInput) -> tuple[np.ndarray, int]:

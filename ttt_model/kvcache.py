@@ -6,16 +6,17 @@ DynamicCache keeps one length for all rows, so that would need left padding, per
 whose keys must be thrown away, and a `crop` + copy after every diffusion step. Here every row owns the
 slots [0, length[row]) of a preallocated buffer, at its own positions (slot index == RoPE position, no
 padding anywhere), and a forward over a chunk writes the chunk's keys at [length[row], length[row] + Q):
-- `commit` advances a row's length over its chunk (text tokens, a prompt, a finished audio span), so its
-  keys stay for every later query;
-- a diffusion step commits nothing, so its keys (computed with [M] tokens inside the span) are simply
-  overwritten by the next chunk and never visible: they cannot leak, and nothing is copied or cropped.
+- `keep` advances a row's length over the leading tokens of its chunk (text tokens, a prompt, a finished
+  audio span or, block-causal, the finished blocks of a span), so their keys stay for every later query;
+- the rest of a chunk (a diffusion step's tokens, computed with [M] inside the block) is simply overwritten
+  by the next chunk and never visible: it cannot leak, and nothing is copied or cropped.
 
-A chunk's queries see every committed key of their row (the prefix is always complete: text is causal
-and an audio span is one block, so nothing inside a chunk may be seen by anything before it) and, inside
-the chunk, what `ttt_model.attention.allowed` permits for the chunk's own block ids. That is exactly the
-training mask restricted to the new rows of the sequence, which is why cached decoding reproduces the
-full-recompute oracle (`ttt_model.sampler.RecomputeBackend`) token for token.
+A chunk's queries see every committed key of their row (the prefix is always complete: text is causal and
+an audio span is one block, or block-causal a run of blocks that are causal to each other, so nothing inside
+a chunk may be seen by anything before it) and, inside the chunk, what `ttt_model.attention.allowed` permits
+for the chunk's own block ids. That is exactly the training mask restricted to the new rows of the sequence,
+which is why cached decoding reproduces the full-recompute oracle (`ttt_model.sampler.RecomputeBackend`)
+token for token.
 
 `RaggedKVCache` duck-types the one `Cache` method Qwen2 attention calls (`update`); Qwen2Model consults
 the cache for nothing else when `position_ids` are explicit and `attention_mask` is a per-layer dict.
@@ -38,15 +39,21 @@ class Chunk:
     """New tokens of one row for one forward pass.
 
     `blocks` holds chunk-local block ids (-1 = causal token; tokens with equal ids >= 0 attend to each
-    other bidirectionally). `commit` keeps the chunk's keys/values in the cache; `last_only` returns the
-    hidden state of the last token only (it predicts the next token) instead of all of them.
+    other bidirectionally, increasing ids are causal to each other). `keep`: how many leading tokens of the
+    chunk stay in the cache (0 = none, len = all; the kept tokens must not attend to the rest, which a prefix
+    of whole blocks and causal tokens never does); `last_only` returns the hidden state of the last token only
+    (it predicts the next token) instead of all of them.
     """
 
     row: int
     ids: Sequence[int]
     blocks: np.ndarray
-    commit: bool
+    keep: int
     last_only: bool
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.keep <= len(self.ids):
+            raise ValueError(f"a chunk of {len(self.ids)} tokens cannot keep {self.keep}")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -180,7 +187,7 @@ class CachedBackend:
             cache=cache,
             use_cache=True,
         ).last_hidden_state
-        cache.commit(rows, [len(c) if c.commit else 0 for c in chunks])
+        cache.commit(rows, [c.keep for c in chunks])
         self.forward_passes += 1
         self.tokens_processed += int(n_real.sum())
         return [hidden[i, len(c) - 1] if c.last_only else hidden[i, : len(c)] for i, c in enumerate(chunks)]

@@ -25,6 +25,25 @@ Modes (`ObjectiveConfig.mode`):
   also holds the position just before the run (it predicts the run's first token); prompt audio spans
   stay bidirectional blocks of their own, as in TtT, so only the treatment of targets differs.
 Prompt (non-target) tokens are never masked and never predicted in any mode.
+
+Audio attention (`ObjectiveConfig.audio_attention`, TtT mode only):
+- `bidirectional` (the paper): each audio span is one bidirectional block, as above;
+- `block_causal` (BD3-LM / SDAR / Fast-dLLM v2 style): span token i (opener = 0) sits in attention block
+  i // audio_block: bidirectional inside a block, causal across blocks (and to everything before the span).
+  With next-token alignment the codes of decoding block j (span tokens jB + 1 .. (j + 1)B, B = audio_block)
+  are predicted by positions jB .. (j + 1)B - 1, which is exactly attention block j: every prediction of one
+  decoding block sees the same tokens, and nothing of a later block. So a finished block's keys/values never
+  change again and the sampler appends them to its KV cache exactly (ttt_model/sampler.py).
+  Noising, one block per span (`draw_noised_blocks`): at decoding, block j is predicted from CLEAN earlier
+  blocks (they are final) and never sees a later one. A single copy of the sequence can only give that to one
+  block of a span at a time: each diffused span noises exactly one decoding block j, drawn uniformly from the
+  sample's "block" stream, with the sample's p; its earlier blocks stay clean (no loss) and its later blocks
+  stay clean too, which block j cannot see (they are causal-after). So the loss of block j sees exactly what
+  decoding block j sees: clean tokens before it, its own tokens partly masked. (BD3-LM's two-copy sequence,
+  noisy + clean, would train every block per pass at twice the length; one block per span keeps packing,
+  masks and the loss unchanged at the price of fewer diffusion targets per sample.) Text after a diffused span
+  sees the span with its one noised block, as in bidirectional TtT (BANOM trains text after clean audio).
+  Prompt audio spans get the same block structure, so the model sees every audio span one way.
 """
 
 from __future__ import annotations
@@ -43,6 +62,7 @@ KIND_NONE, KIND_AR, KIND_DIFFUSION = 0, 1, 2
 MODES = ("ttt", "ar", "nar")
 T_SAMPLING = ("uniform", "stratified", "antithetic")
 AUDIO_HEADS = ("full", "restricted")
+AUDIO_ATTENTION = ("bidirectional", "block_causal")
 
 
 @dataclass(frozen=True)
@@ -61,6 +81,8 @@ class ObjectiveConfig:
     sst_min_codes: int = 5  # SST keeps at least this many codes (and drops one), so shorter spans are skipped
     t_sampling: str = "uniform"
     audio_head: str = "full"
+    audio_attention: str = "bidirectional"  # bidirectional (paper) | block_causal (blocks of audio_block tokens)
+    audio_block: int = 32  # block_causal: attention/decoding block length; the sampler's block_length must match
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -69,6 +91,10 @@ class ObjectiveConfig:
             raise ValueError(f"t_sampling must be one of {T_SAMPLING}, got {self.t_sampling!r}")
         if self.audio_head not in AUDIO_HEADS:
             raise ValueError(f"audio_head must be one of {AUDIO_HEADS}, got {self.audio_head!r}")
+        if self.audio_attention not in AUDIO_ATTENTION:
+            raise ValueError(f"audio_attention must be one of {AUDIO_ATTENTION}, got {self.audio_attention!r}")
+        if self.audio_block < 1:
+            raise ValueError(f"audio_block must be at least 1, got {self.audio_block}")
         if not 0.0 < self.eps < 1.0:
             raise ValueError(f"eps must be in (0, 1), got {self.eps}")
         for name in ("p_mix", "p_prefix", "p_trunc"):
@@ -83,6 +109,14 @@ class ObjectiveConfig:
             raise ValueError(f"BANOM/PPM/SST are TtT strategies; switch them off for mode {self.mode!r}")
         if self.mode != "ttt" and self.audio_head == "restricted":
             raise ValueError("audio_head=restricted needs mode ttt (only TtT diffuses audio alone)")
+        if self.mode != "ttt" and self.audio_attention != "bidirectional":
+            raise ValueError("audio_attention=block_causal needs mode ttt (the AR and NAR baselines decode audio "
+                             "their own way: token by token, or in one response block)")
+
+    @property
+    def span_block(self) -> int | None:
+        """The attention block length audio spans are split into; None = each span is one bidirectional block."""
+        return self.audio_block if self.audio_attention == "block_causal" else None
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any]) -> ObjectiveConfig:
@@ -112,10 +146,52 @@ class TargetPlan:
     block_ids: np.ndarray
 
 
-def plan_targets(spans: Sequence[Span], n: int, mode: str, diffused: Container[int] | None = None) -> TargetPlan:
+def span_blocks(length: int, span_block: int | None) -> np.ndarray:
+    """Span-local attention block of each token of an audio span [opener, codes..., closer] of `length` tokens:
+    all 0 (one bidirectional block) or, block-causal, token i in block i // span_block (see the module
+    docstring: attention block j holds the positions that predict decoding block j)."""
+    if span_block is None:
+        return np.zeros(length, dtype=np.int64)
+    return np.arange(length, dtype=np.int64) // span_block
+
+
+def decoding_blocks(length: int, span_block: int) -> int:
+    """How many decoding blocks a span of `length` tokens has: its targets (tokens 1 .. length - 1, the codes
+    and the closer) in runs of `span_block`, the last one possibly short."""
+    return -(-(length - 1) // span_block)
+
+
+def decoding_block_targets(length: int, span_block: int, block: int) -> slice:
+    """Span-local slice of the targets of decoding block `block`: tokens 1 + jB .. min((j + 1)B, length - 1)."""
+    if not 0 <= block < decoding_blocks(length, span_block):
+        raise ValueError(f"a span of {length} tokens has no decoding block {block} (block length {span_block})")
+    return slice(1 + block * span_block, min(1 + (block + 1) * span_block, length))
+
+
+def draw_noised_blocks(spans: Sequence[Span], diffused: Container[int], span_block: int,
+                       rng: np.random.Generator) -> dict[int, int]:
+    """Block-causal noising: the one decoding block noised in each diffused span (span index -> block), uniform
+    over the span's blocks. One uniform is drawn per target audio span, diffused or not, so which spans PPM or
+    BANOM leave clean does not shift the draws of the others."""
+    out: dict[int, int] = {}
+    for k, s in enumerate(spans):
+        if s.kind != "audio" or not s.is_target:
+            continue
+        u = rng.random()
+        if k in diffused and len(s) > 1:
+            out[k] = int(u * decoding_blocks(len(s), span_block))
+    return out
+
+
+def plan_targets(spans: Sequence[Span], n: int, mode: str, diffused: Container[int] | None = None,
+                 span_block: int | None = None, noised_blocks: Mapping[int, int] | None = None) -> TargetPlan:
     """The target plan of one sample. `diffused` holds the indices (into `spans`) of the target audio
     spans that are noised in `ttt` mode (the strategies decide which, see strategies.diffused_spans);
-    None = all of them."""
+    None = all of them. `span_block` (ttt only): block-causal audio spans of that block length, where each
+    diffused span k noises only its decoding block `noised_blocks[k]` (draw_noised_blocks); None = each
+    audio span is one bidirectional block and noised whole."""
+    if span_block is not None and mode != "ttt":
+        raise ValueError(f"block-causal audio spans need mode ttt, got {mode!r}")
     ar = np.zeros(n, dtype=bool)
     maskable = np.zeros(n, dtype=bool)
     blocks = np.full(n, -1, dtype=np.int32)
@@ -126,15 +202,23 @@ def plan_targets(spans: Sequence[Span], n: int, mode: str, diffused: Container[i
     elif mode == "ttt":
         for k, s in enumerate(spans):
             if s.kind == "audio":
-                blocks[s.start : s.end] = n_blocks
-                n_blocks += 1
+                blocks[s.start : s.end] = n_blocks + span_blocks(len(s), span_block)
+                n_blocks = int(blocks[s.end - 1]) + 1
             if not s.is_target:
                 continue
             if s.kind == "text":
                 ar[s.start : s.end] = True
-            else:
-                ar[s.start] = True
-                maskable[s.start + 1 : s.end] = diffused is None or k in diffused
+                continue
+            ar[s.start] = True
+            if diffused is not None and k not in diffused:
+                continue
+            if span_block is None:
+                maskable[s.start + 1 : s.end] = True
+            elif len(s) > 1:
+                if noised_blocks is None or k not in noised_blocks:
+                    raise ValueError(f"block-causal span {k} is diffused but has no noised block")
+                local = decoding_block_targets(len(s), span_block, noised_blocks[k])
+                maskable[s.start + local.start : s.start + local.stop] = True
     elif mode == "nar":
         for s in spans:
             if s.kind == "audio" and not s.is_target:

@@ -9,8 +9,9 @@ see the finished sequence. The TtT decoder (paper Algorithm 1) is described firs
 
 Conventions are the training ones (ttt_model/objective.py, tokenization/sequence.py): the logits at position
 i predict token i + 1, for text and masked audio alike; an audio span [opener, codes..., closer] is one
-bidirectional block that includes its opener; text is causal; nothing attends to the future outside its
-own span. Per row of a batch, decoding is a small state machine:
+bidirectional block that includes its opener (or, for a checkpoint trained with `audio_attention:
+block_causal`, blocks of `audio_block` tokens, causal to each other; see below); text is causal; nothing
+attends to the future outside its own block. Per row of a batch, decoding is a small state machine:
 
 - text: one token per forward pass (KV cache), sampled from text ids and the two span openers. <|im_end|>
   (or <|endoftext|>) ends the turn.
@@ -26,6 +27,13 @@ own span. Per row of a batch, decoding is a small state machine:
   the closer is forced.
 - closing: the finished span is run once more with the span-block mask and its keys/values are committed
   to the cache exactly as training sees a clean span; the closer's logits predict the next text token.
+- block-causal spans (the checkpoint's objective records `audio_attention: block_causal`, read like `decode:
+  auto`; `block_length` must equal its `audio_block`): a step of decoding block j runs only span tokens
+  [jB, (j + 1)B), the attention block whose positions predict codes jB + 1 .. (j + 1)B; the first step of
+  the next block carries the finished block in front and commits it to the cache, so a finished block is
+  computed once more, exactly as training sees it clean, and never again; the closing pass runs only what is
+  not yet cached (`DecodeRun._span_chunk`). Everything else (schedule, threshold, early termination) is as
+  above.
 
 Two interchangeable backends compute the hidden states: `CachedBackend` (ttt_model/kvcache.py; ragged KV
 cache, one-token text steps, span-only diffusion steps) and `RecomputeBackend` here, the reference's
@@ -42,7 +50,7 @@ never make the model emit a token its mode does not allow.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -55,7 +63,7 @@ from tokenization.vocab import EOA, EOA_FINAL, IM_END, IM_START, SOA, SOA_FINAL,
 from ttt_model.attention import sdpa_mask
 from ttt_model.kvcache import CachedBackend, Chunk
 from ttt_model.model import attention_backend
-from ttt_model.objective import MODES, plan_targets
+from ttt_model.objective import MODES, ObjectiveConfig, plan_targets, span_blocks
 from ttt_model.sampling import SamplingParams, choose, commit_schedule, select_commits
 
 BACKENDS = ("cache", "recompute")
@@ -232,9 +240,10 @@ class RecomputeBackend:
             attention_mask=dict.fromkeys(self.model.config.layer_types, mask),
             use_cache=False,
         ).last_hidden_state[0, -len(chunk):]
-        if chunk.commit:
-            self.tokens[r], self.blocks[r] = seq, seq_blocks
-            self.n_blocks[r] += int(np.max(chunk.blocks, initial=-1)) + 1
+        if chunk.keep:
+            kept = len(self.tokens[r]) + chunk.keep
+            self.tokens[r], self.blocks[r] = seq[:kept], seq_blocks[:kept]
+            self.n_blocks[r] += int(np.max(chunk.blocks[: chunk.keep], initial=-1)) + 1
         self.forward_passes += 1
         self.tokens_processed += ids.shape[1]
         return hidden[-1] if chunk.last_only else hidden
@@ -283,6 +292,8 @@ class _Span:
     step: int = 0
     schedule: list[int] = field(default_factory=list)
     emitted: int = 1  # span index up to which codes went out as AudioBlocks
+    cached: int = 0  # span tokens already in the KV cache (block-causal: whole attention blocks)
+    fed: int = 0  # span index of the first token of the chunk last run
     closing: bool = False
     forced: bool = False
 
@@ -333,14 +344,15 @@ class TtTSampler:
 
     def __init__(self, model: Qwen2ForCausalLM, vocab: UnifiedVocab, cfg: SamplerConfig | None = None,
                  logits_processor: LogitsProcessor | None = None, max_length: int | None = None,
-                 trained_mode: str | None = None) -> None:
+                 objective: Mapping[str, Any] | None = None) -> None:
         if attention_backend(model) != "sdpa":
             raise ValueError("the sampler needs attn_implementation='sdpa' (its masks are bool tensors); load the "
                              "model with attn_implementation='sdpa'")
         self.model = model.eval()
         self.vocab = vocab
         self.cfg = cfg or SamplerConfig()
-        self.decode = resolve_decode(self.cfg.decode, trained_mode)
+        self.decode = resolve_decode(self.cfg.decode, None if objective is None else str(objective["mode"]))
+        self.span_block = resolve_span_block(objective, self.decode, self.cfg.block_length)
         self.logits_processor = logits_processor
         self.max_length = int(max_length or model.config.max_position_embeddings)
         self.head = model.get_output_embeddings().weight
@@ -434,8 +446,9 @@ class DecodeRun:
         model = sampler.model
         self.backend = (CachedBackend(model, len(prompts), sampler.vocab.pad_id) if cfg.backend == "cache"
                         else RecomputeBackend(model, len(prompts)))
+        blocks = [prompt_block_ids(sampler.vocab, p, sampler.decode, sampler.span_block) for p in prompts]
         self.rows = [
-            _Row(index=i, prompt=p, prompt_blocks=prompt_block_ids(sampler.vocab, p, sampler.decode),
+            _Row(index=i, prompt=p, prompt_blocks=blocks[i],
                  budget=min(cfg.max_new_tokens, sampler.max_length - len(p)), detok=_Detokenizer(sampler.vocab),
                  generator=torch.Generator(device=device).manual_seed(cfg.seed + i))
             for i, p in enumerate(prompts)
@@ -465,13 +478,35 @@ class DecodeRun:
     def _chunk(self, row: _Row) -> Chunk:
         if not row.prefilled:
             row.prefilled = True
-            return Chunk(row.index, row.prompt, row.prompt_blocks, commit=True, last_only=True)
+            return Chunk(row.index, row.prompt, row.prompt_blocks, keep=len(row.prompt), last_only=True)
         span = row.span
         if span is None:
             assert row.next_token is not None
-            return Chunk(row.index, [row.next_token], np.full(1, -1), commit=True, last_only=True)
-        blocks = np.zeros(len(span.ids), dtype=np.int64)
-        return Chunk(row.index, list(span.ids), blocks, commit=span.closing, last_only=span.closing)
+            return Chunk(row.index, [row.next_token], np.full(1, -1), keep=1, last_only=True)
+        return self._span_chunk(row, span)
+
+    def _span_chunk(self, row: _Row, span: _Span) -> Chunk:
+        """The span tokens a diffusion step (or the closing pass) runs: those not yet in the cache.
+
+        Bidirectional: the whole span every step (nothing of it is final before its closer); the closing pass
+        commits it. Block-causal (block length B): span tokens [jB, (j + 1)B) form attention block j, whose
+        positions predict decoding block j (codes jB + 1 .. (j + 1)B, ttt_model/objective.py), so a step of
+        block j runs that attention block only; code (j + 1)B is predicted inside it and seen by none of it.
+        The first step of block j also carries the now final attention block j - 1 in front and keeps it
+        (a finished block goes into the cache in the same pass, never to be recomputed); the closing pass
+        commits what is left.
+        """
+        block, start = self.sampler.span_block, span.cached
+        if span.closing:
+            end, keep = len(span.ids), len(span.ids) - start
+        elif block is None:
+            end, keep = len(span.ids), 0
+        else:
+            first = span.block_start - 1  # the first token of the attention block of the current decoding block
+            end, keep = min(len(span.ids), first + block), first - start
+        local = span_blocks(end, block)[start:]
+        span.fed, span.cached = start, start + keep
+        return Chunk(row.index, span.ids[start:end], local - local[0], keep=keep, last_only=span.closing)
 
     # -- text ---------------------------------------------------------------------------------------
     def _after_last(self, row: _Row, hidden: torch.Tensor) -> Iterator[Event]:
@@ -540,7 +575,8 @@ class DecodeRun:
         mask_id = s.vocab.mask_id
         ids = span.ids
         targets = np.array([j for j in range(span.block_start, len(ids)) if ids[j] == mask_id], dtype=np.int64)
-        states = hidden[torch.as_tensor(targets - 1, device=hidden.device)]  # position j - 1 predicts token j
+        # span position j - 1 predicts token j; the chunk started at span position `fed`
+        states = hidden[torch.as_tensor(targets - 1 - span.fed, device=hidden.device)]
         tokens, conf = s.propose_audio(row.index, row.generated, states, targets, span.closer, row.generator)
         k = span.schedule[min(span.step, len(span.schedule) - 1)]
         picked = tokens.tolist()
@@ -615,7 +651,7 @@ class ArDecodeRun(DecodeRun):
         span = row.span
         if not row.prefilled or span is None:
             return super()._chunk(row)
-        return Chunk(row.index, [span.ids[-1]], np.full(1, -1), commit=True, last_only=True)
+        return Chunk(row.index, [span.ids[-1]], np.full(1, -1), keep=1, last_only=True)
 
     def _after_last(self, row: _Row, hidden: torch.Tensor) -> Iterator[Event]:
         if row.span is None:
@@ -699,11 +735,12 @@ class NarDecodeRun(DecodeRun):
     def _chunk(self, row: _Row) -> Chunk:
         if not row.prefilled:
             row.prefilled = True
-            return Chunk(row.index, row.prompt, row.prompt_blocks[: len(row.prompt)], commit=True, last_only=True)
+            return Chunk(row.index, row.prompt, row.prompt_blocks[: len(row.prompt)], keep=len(row.prompt),
+                         last_only=True)
         resp = row.response
         assert resp is not None
         return Chunk(row.index, resp.head + resp.ids, np.zeros(len(resp.head) + len(resp.ids), dtype=np.int64),
-                     commit=False, last_only=False)
+                     keep=0, last_only=False)
 
     def _after_last(self, row: _Row, hidden: torch.Tensor) -> Iterator[Event]:
         """The prompt prefix is in the cache; nothing is predicted from it (the response block predicts itself)."""
@@ -815,6 +852,23 @@ def resolve_decode(decode: str, trained_mode: str | None) -> str:
     return trained_mode or "ttt"
 
 
+def resolve_span_block(objective: Mapping[str, Any] | None, decode: str, block_length: int) -> int | None:
+    """The attention block length of audio spans for the TtT decoder, as the checkpoint's recorded objective
+    (`objective.json`) says it was trained: None (each span one bidirectional block: the paper's default, and
+    every record without `audio_attention`) or `audio_block` for block-causal spans. There is no sampler switch
+    for it: a model decoded with another attention than it was trained with sees masks it never saw. Its decoding
+    blocks must be its attention blocks, so a different `block_length` is an error, not silently replaced."""
+    if decode != "ttt" or objective is None:
+        return None
+    defaults = ObjectiveConfig()
+    block = ObjectiveConfig(audio_attention=str(objective.get("audio_attention", defaults.audio_attention)),
+                            audio_block=int(objective.get("audio_block", defaults.audio_block))).span_block
+    if block is not None and block != block_length:
+        raise ValueError(f"the checkpoint was trained with block-causal audio blocks of {block} tokens; decode it "
+                         f"with sampler block_length={block} (got {block_length})")
+    return block
+
+
 def chat_spans(vocab: UnifiedVocab, ids: Sequence[int]) -> list[Span]:
     """The span table `build_chat` would give `ids`, recovered from the ids (roles, targets and turns included).
 
@@ -857,9 +911,11 @@ def chat_spans(vocab: UnifiedVocab, ids: Sequence[int]) -> list[Span]:
     return spans
 
 
-def prompt_block_ids(vocab: UnifiedVocab, ids: Sequence[int], mode: str = "ttt") -> np.ndarray:
+def prompt_block_ids(vocab: UnifiedVocab, ids: Sequence[int], mode: str = "ttt",
+                     span_block: int | None = None) -> np.ndarray:
     """Block ids of a prompt (-1 = causal token) as the training mask of objective `mode` defines them:
-    `plan_targets` over the prompt's chat span table. ttt: one block per audio span; ar: none; nar: prompt audio
+    `plan_targets` over the prompt's chat span table. ttt: one block per audio span (`span_block`: block-causal
+    blocks of that length per span); ar: none; nar: prompt audio
     spans and earlier assistant turns (each with the position before it), and the prompt's last token (with
     the block it sits in) carries the block the response will join, since the response is a target run and
     the position before a run belongs to its block.
@@ -873,7 +929,7 @@ def prompt_block_ids(vocab: UnifiedVocab, ids: Sequence[int], mode: str = "ttt")
     last = spans[-1] if spans else None
     if last is not None and last.kind == "audio" and int(arr[-1]) not in closers:
         raise ValueError("the prompt ends inside an open audio span; close it (or drop it) before generating")
-    blocks = plan_targets(spans, len(arr), mode).block_ids.astype(np.int64)
+    blocks = plan_targets(spans, len(arr), mode, frozenset(), span_block).block_ids.astype(np.int64)
     if mode == "nar" and len(arr) and blocks[-1] < 0:
         blocks[-1] = blocks.max() + 1
     return blocks

@@ -9,7 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn.attention.flex_attention import create_mask, flex_attention
 
+from tokenization.sequence import Span
 from ttt_model.attention import build_attention, flex_block_mask, mask_mod_for, sdpa_mask
+from ttt_model.objective import plan_targets
 
 
 def brute_force(doc: list[int], block: list[int]) -> list[list[bool]]:
@@ -73,6 +75,84 @@ def test_flex_block_mask_equals_brute_force(batch: tuple[torch.Tensor, torch.Ten
     padded = F.pad(expected, (0, -n % tile, 0, -n % tile))
     tiles = padded.reshape(b, 1, padded.shape[2] // tile, tile, padded.shape[3] // tile, tile).any(5).any(3)
     assert torch.equal(block_mask.to_dense().bool(), tiles)
+
+
+# ---- block-causal audio spans ---------------------------------------------------------------------------
+
+
+@st.composite
+def span_samples(draw: st.DrawFn) -> tuple[list[list[Span]], int]:
+    """1-3 samples, each a run of text and audio spans (adjacent audio spans included), and a block length."""
+    samples = []
+    for _ in range(draw(st.integers(1, 3))):
+        spans, pos = [], 0
+        for _ in range(draw(st.integers(1, 5))):
+            kind = draw(st.sampled_from(["text", "audio"]))
+            length = draw(st.integers(2 if kind == "audio" else 1, 14))
+            spans.append(Span(kind, pos, pos + length, "assistant", draw(st.booleans())))
+            pos += length
+        samples.append(spans)
+    return samples, draw(st.integers(1, 6))
+
+
+def block_causal_spec(samples: list[list[Span]], block: int, length: int) -> torch.Tensor:
+    """The specification of block-causal audio spans, from the spans themselves, one (q, k) pair at a time: inside
+    a sample, q sees k when k <= q, or when both are in one audio span and in the same run of `block` tokens from
+    its opener; nothing crosses samples; padding sees itself."""
+    doc = [-1] * length
+    chunk = [None] * length  # (span start, block index) of audio tokens
+    pos = 0
+    for d, spans in enumerate(samples):
+        for sp in spans:
+            for i in range(sp.start, sp.end):
+                doc[pos + i] = d
+                if sp.kind == "audio":
+                    chunk[pos + i] = (pos + sp.start, (i - sp.start) // block)
+        pos += spans[-1].end
+    return torch.tensor([[(doc[q] == doc[k] != -1 and (k <= q or (chunk[q] is not None and chunk[q] == chunk[k])))
+                          or q == k for k in range(length)] for q in range(length)])[None, None]
+
+
+def packed_block_causal(samples: list[list[Span]], block: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """doc / block ids of one packed row as the collator builds them: plan_targets per sample, block ids offset."""
+    doc, blocks = torch.full((1, length), -1), torch.full((1, length), -1)
+    pos = n_blocks = 0
+    for d, spans in enumerate(samples):
+        n = spans[-1].end
+        local = torch.from_numpy(plan_targets(spans, n, "ttt", frozenset(), block).block_ids).long()
+        doc[0, pos : pos + n] = d
+        blocks[0, pos : pos + n] = torch.where(local >= 0, local + n_blocks, -1)
+        n_blocks += int(local.max()) + 1
+        pos += n
+    return doc, blocks
+
+
+@settings(max_examples=80, deadline=None)
+@given(span_samples(), st.integers(0, 4))
+def test_block_causal_spans_equal_their_specification(case: tuple[list[list[Span]], int], pad: int) -> None:
+    """Block-causal spans are expressed as one block id per run of `block` tokens of a span: the one predicate,
+    through SDPA's boolean mask and FlexAttention's mask_mod alike, gives exactly the span-level specification."""
+    samples, block = case
+    length = sum(spans[-1].end for spans in samples) + pad
+    doc, blocks = packed_block_causal(samples, block, length)
+    expected = block_causal_spec(samples, block, length)
+    assert torch.equal(sdpa_mask(doc, blocks), expected)
+    assert torch.equal(create_mask(mask_mod_for(doc, blocks), 1, None, length, length, device="cpu"), expected)
+
+
+def test_block_causal_flex_attention_matches_sdpa_on_cpu() -> None:
+    samples = [[Span("text", 0, 3, "user", False), Span("audio", 3, 14, "assistant", True),
+                Span("audio", 14, 19, "assistant", True), Span("text", 19, 21, "assistant", True)],
+               [Span("audio", 0, 9, "user", False)]]
+    doc, blocks = packed_block_causal(samples, 4, 34)
+    assert len(blocks.unique()) == 1 + 3 + 2 + 3  # causal, then 3 + 2 blocks in the first sample, 3 in the second
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 1, 2, 34, 8).unbind(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # eager flex_attention warns that it is not compiled
+        out = flex_attention(q, k, v, block_mask=build_attention(_Meta(doc, blocks), "flex"))
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=build_attention(_Meta(doc, blocks), "sdpa"))
+    torch.testing.assert_close(out, ref)
 
 
 def packed_metadata(batch: int, length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -21,6 +22,9 @@ from ttt_model.objective import (
     KIND_DIFFUSION,
     KIND_NONE,
     ObjectiveConfig,
+    decoding_block_targets,
+    decoding_blocks,
+    draw_noised_blocks,
     draw_t,
     noise_level,
     noise_sample,
@@ -329,6 +333,14 @@ def test_config_validation() -> None:
         ObjectiveConfig(trunc_keep=(0.9, 0.3))
     with pytest.raises(ValueError, match="unknown objective config keys"):
         ObjectiveConfig.from_mapping({"mode": "ttt", "p_mixx": 0.3})
+    with pytest.raises(ValueError, match="audio_attention"):
+        ObjectiveConfig(audio_attention="causal")
+    with pytest.raises(ValueError, match="audio_block"):
+        ObjectiveConfig(audio_attention="block_causal", audio_block=0)
+    with pytest.raises(ValueError, match="block_causal needs mode ttt"):
+        ObjectiveConfig(mode="ar", banom=False, ppm=False, sst=False, audio_attention="block_causal")
+    assert ObjectiveConfig().span_block is None
+    assert ObjectiveConfig(audio_attention="block_causal", audio_block=16).span_block == 16
 
 
 def test_yaml_configs_mirror_the_dataclass() -> None:
@@ -347,3 +359,99 @@ def test_closer_type_is_kept_in_targets() -> None:
     _, noised = mask_all(seq, "ttt")
     closers = noised.labels[noised.labels == VOCAB.id(EOA)]
     assert len(closers) == 1  # the non-final assistant span's closer, predicted once
+
+
+# ---- block-causal audio spans ---------------------------------------------------------------------------
+
+BLOCK = 4
+BLOCK_CAUSAL = ObjectiveConfig(banom=False, ppm=False, sst=False, audio_attention="block_causal", audio_block=BLOCK)
+
+
+def audio_spans(seq) -> list[int]:
+    return [k for k, s in enumerate(seq.spans) if s.kind == "audio"]
+
+
+def test_block_causal_splits_every_audio_span_into_blocks() -> None:
+    seq = voice_chat()
+    plan = plan_targets(seq.spans, len(seq.input_ids), "ttt", frozenset(), BLOCK)
+    seen: set[int] = set()
+    for k in audio_spans(seq):
+        s = seq.spans[k]
+        blocks = plan.block_ids[s.start : s.end]
+        assert np.array_equal(blocks - blocks[0], np.arange(len(s)) // BLOCK)  # prompt spans too
+        assert not seen & set(blocks.tolist())
+        seen |= set(blocks.tolist())
+    text = np.concatenate([np.arange(s.start, s.end) for s in seq.spans if s.kind == "text"])
+    assert (plan.block_ids[text] == -1).all()
+    assert [decoding_blocks(len(seq.spans[k]), BLOCK) for k in audio_spans(seq)] == [2, 2, 3, 2]
+
+
+def test_block_causal_loss_sees_clean_earlier_blocks_and_its_own_block_only() -> None:
+    """What decoding block j is predicted from, at decoding: the clean sequence before its attention block, and
+    that block (positions jB .. (j + 1)B - 1 of the span, its own masks among them). Training must show the loss
+    of block j exactly that. For every target span and every block j, with only that block noised (p = 1):
+    the positions with diffusion loss are that attention block's, they see no masked token outside their own
+    block, and they see exactly the tokens before the attention block plus the block itself."""
+    seq = voice_chat()
+    n = len(seq.input_ids)
+    targets = [k for k in audio_spans(seq) if seq.spans[k].is_target]
+    assert len(targets) == 3
+    for k in targets:
+        s = seq.spans[k]
+        for j in range(decoding_blocks(len(s), BLOCK)):
+            plan = plan_targets(seq.spans, n, "ttt", {k}, BLOCK, {k: j})
+            noised = noise_sample(seq.input_ids, plan, 1.0, np.zeros(n), VOCAB.mask_id)
+            local = decoding_block_targets(len(s), BLOCK, j)
+            assert np.flatnonzero(plan.maskable).tolist() == list(range(s.start + local.start, s.start + local.stop))
+            diffusion = np.flatnonzero(noised.loss_kind == KIND_DIFFUSION)
+            assert diffusion.tolist() == list(range(s.start + j * BLOCK, s.start + local.stop - 1))
+            assert len(set(plan.block_ids[diffusion].tolist())) == 1
+            attention = np.flatnonzero(plan.block_ids == plan.block_ids[diffusion[0]])
+            visible = sdpa_mask(torch.zeros(1, n, dtype=torch.long), torch.from_numpy(plan.block_ids)[None].long())
+            masked = noised.input_ids == VOCAB.mask_id
+            for q in diffusion:
+                sees = visible[0, 0, q].numpy()
+                assert np.flatnonzero(sees).tolist() == list(range(attention[-1] + 1))
+                assert not (sees & masked & (plan.block_ids != plan.block_ids[q])).any()
+
+
+def test_block_causal_collator_noises_one_drawn_block_per_diffused_span() -> None:
+    seq = voice_chat()
+    ids, n = seq.input_ids, len(seq.input_ids)
+    sample = {"sample_id": "x", "input_ids": ids, "spans": spans_to_pylist(seq.spans)}
+    collator = TtTCollator(VOCAB, BLOCK_CAUSAL, 512, seed=3)
+    targets = [k for k in audio_spans(seq) if seq.spans[k].is_target]
+    chosen: dict[int, set[int]] = {k: set() for k in targets}
+    for epoch in range(40):
+        batch = collator([sample], epoch=epoch)
+        noised = draw_noised_blocks(seq.spans, frozenset(targets), BLOCK, sample_rng(3, epoch, "x", "block"))
+        assert sorted(noised) == targets
+        maskable = np.zeros(n, dtype=bool)
+        for k, j in noised.items():
+            s, local = seq.spans[k], decoding_block_targets(len(seq.spans[k]), BLOCK, j)
+            maskable[s.start + local.start : s.start + local.stop] = True
+            chosen[k].add(j)
+        masked = batch.input_ids[0, :n].numpy() == VOCAB.mask_id
+        assert not (masked & ~maskable).any() and batch.n_maskable == maskable.sum()
+        plan = plan_targets(seq.spans, n, "ttt", None, BLOCK, noised)
+        assert np.array_equal(batch.block_ids[0, :n].numpy(), plan.block_ids)
+    assert all(chosen[k] == set(range(decoding_blocks(len(seq.spans[k]), BLOCK))) for k in targets)
+
+
+def test_noised_block_draws_do_not_depend_on_which_spans_are_diffused() -> None:
+    seq = voice_chat()
+    targets = [k for k in audio_spans(seq) if seq.spans[k].is_target]
+    for seed in range(20):
+        every = draw_noised_blocks(seq.spans, frozenset(targets), 2, np.random.default_rng(seed))
+        last = draw_noised_blocks(seq.spans, frozenset(targets[-1:]), 2, np.random.default_rng(seed))
+        assert last == {targets[-1]: every[targets[-1]]}
+
+
+def test_block_causal_plans_are_checked() -> None:
+    seq = voice_chat()
+    with pytest.raises(ValueError, match="has no noised block"):
+        plan_targets(seq.spans, len(seq.input_ids), "ttt", None, BLOCK)
+    with pytest.raises(ValueError, match="need mode ttt"):
+        plan_targets(seq.spans, len(seq.input_ids), "nar", None, BLOCK)
+    with pytest.raises(ValueError, match="no decoding block 2"):
+        decoding_block_targets(9, 4, 2)

@@ -116,9 +116,14 @@ def prompts(vocab: UnifiedVocab) -> list[list[int]]:
     return [chat, rng.integers(0, 250, 3).tolist(), rng.integers(0, 250, 30).tolist()]
 
 
+def block_causal(block: int) -> dict[str, object]:
+    """The objective record (objective.json) of a checkpoint trained with block-causal audio spans."""
+    return {"mode": "ttt", "audio_attention": "block_causal", "audio_block": block}
+
+
 def run_all(model: torch.nn.Module, vocab: UnifiedVocab, cfg: SamplerConfig, prompts: list[list[int]],
-            process: Callable | None) -> tuple[list, list]:
-    run = TtTSampler(model, vocab, cfg, process).start(prompts)
+            process: Callable | None, objective: dict | None = None) -> tuple[list, list]:
+    run = TtTSampler(model, vocab, cfg, process, objective=objective).start(prompts)
     events = list(run)
     return run.results(), events
 
@@ -137,20 +142,22 @@ class RecordingOracle(RecomputeBackend):
 
 
 def recorded_run(model: torch.nn.Module, vocab: UnifiedVocab, cfg: SamplerConfig, prompts: list[list[int]],
-                 process: Callable | None) -> tuple[RecordingOracle, list[Generation]]:
-    run = TtTSampler(model, vocab, SamplerConfig(**{**cfg.__dict__, "backend": "recompute"}), process).start(prompts)
+                 process: Callable | None, objective: dict | None = None) -> tuple[RecordingOracle, list[Generation]]:
+    recompute = SamplerConfig(**{**cfg.__dict__, "backend": "recompute"})
+    run = TtTSampler(model, vocab, recompute, process, objective=objective).start(prompts)
     run.backend = oracle = RecordingOracle(model, len(prompts))
     list(run)
     return oracle, run.results()
 
 
 def assert_fed_the_generation(vocab: UnifiedVocab, oracle: RecordingOracle, prompts: list[list[int]],
-                              gens: list[Generation], decode: str) -> None:
+                              gens: list[Generation], decode: str, span_block: int | None = None) -> None:
     """The model saw exactly prompt + generated ids: every token of every pass's input is that sequence's token at
     its position, or a mask (masks may reach past the end: a span or response can end before its block does);
     (ttt, ar) the committed context is all of it but the tail no choice depended on (the last token; for a TtT
-    turn ended by the budget at a closer, the last span, whose closing pass never runs); nar commits only the
-    prompt before the response block, and its last step ran the whole response."""
+    turn ended by the budget at a closer, the last span, whose closing pass never runs, less its attention blocks
+    before the last decoded one when block-causal: the first step of each block committed the block before it);
+    nar commits only the prompt before the response block, and its last step ran the whole response."""
     closers = set(vocab.closer_ids())
     for r, (prompt, g) in enumerate(zip(prompts, gens, strict=True)):
         seq = prompt + g.ids
@@ -161,6 +168,8 @@ def assert_fed_the_generation(vocab: UnifiedVocab, oracle: RecordingOracle, prom
             continue
         last_span = decode == "ttt" and g.finish_reason == "length" and g.ids[-1] in closers
         unfed = len(g.spans[-1]) + 2 if last_span else 1
+        if last_span and span_block is not None:
+            unfed -= span_block * max(0, -(-len(g.spans[-1]) // span_block) - 1)
         assert oracle.tokens[r] == seq[:-unfed]
 
 
@@ -170,24 +179,27 @@ def canonical(blocks: np.ndarray | list[int]) -> list[int]:
     return [-1 if b < 0 else names.setdefault(int(b), len(names)) for b in blocks]
 
 
-def training_blocks(vocab: UnifiedVocab, ids: list[int], mode: str) -> list[int]:
+def training_blocks(vocab: UnifiedVocab, ids: list[int], mode: str, span_block: int | None = None) -> list[int]:
     """Block ids the training mask of `mode` gives `ids` (plan_targets over its chat span table), canonical.
     Training computes blocks from the clean sequence, so a mask stands for a code here (ttt masks only codes; in
     nar any target token of the response joins the same block)."""
     clean = [vocab.audio_offset if t == vocab.mask_id else t for t in ids]
-    return canonical(plan_targets(chat_spans(vocab, clean), len(clean), mode).block_ids)
+    return canonical(plan_targets(chat_spans(vocab, clean), len(clean), mode, frozenset(), span_block).block_ids)
 
 
 CFG = SamplerConfig(block_length=8, steps_per_block=3, max_span=20, max_new_tokens=90)
 
 
-def test_cached_sampler_equals_full_recompute_oracle_greedy(model: torch.nn.Module, vocab: UnifiedVocab) -> None:
+@pytest.mark.parametrize("objective", [None, block_causal(CFG.block_length)], ids=["bidirectional", "block_causal"])
+def test_cached_sampler_equals_full_recompute_oracle_greedy(model: torch.nn.Module, vocab: UnifiedVocab,
+                                                            objective: dict | None) -> None:
     # row 0: closer pushed from span position 11 (early termination inside the 2nd block);
     # row 1: from position 3 (inside the 1st block); row 2: never, so its spans hit max_span and are forced closed
     process = forcing(vocab, closer_from={0: 11, 1: 3})
     ps = prompts(vocab)
-    fast, fast_events = run_all(model, vocab, CFG, ps, process)
-    slow, slow_events = run_all(model, vocab, SamplerConfig(**{**CFG.__dict__, "backend": "recompute"}), ps, process)
+    fast, fast_events = run_all(model, vocab, CFG, ps, process, objective)
+    recompute = SamplerConfig(**{**CFG.__dict__, "backend": "recompute"})
+    slow, slow_events = run_all(model, vocab, recompute, ps, process, objective)
     assert [g.ids for g in fast] == [g.ids for g in slow]
     assert [repr(e) for e in fast_events] == [repr(e) for e in slow_events]
     ends = [e for e in fast_events if isinstance(e, SpanEnd)]
@@ -229,19 +241,36 @@ def test_batched_rows_equal_rows_decoded_alone(model: torch.nn.Module, vocab: Un
         assert run_all(model, vocab, CFG, [ps[i]], forcing(vocab))[0][0].ids == plain[i].ids
 
 
+@pytest.mark.parametrize("objective", [None, block_causal(8)], ids=["bidirectional", "block_causal"])
 @pytest.mark.parametrize("cfg", [
     SamplerConfig(block_length=8, steps_per_block=4, max_span=24, max_new_tokens=60, seed=5,
                   text=SamplingParams(temperature=0.9, top_k=50), audio=SamplingParams(temperature=0.8, top_p=0.9)),
     SamplerConfig(block_length=8, steps_per_block=8, max_span=24, max_new_tokens=60, threshold=0.003),
-])
+], ids=["sampling", "threshold"])
 def test_sampling_and_threshold_modes_match_the_oracle(model: torch.nn.Module, vocab: UnifiedVocab,
-                                                       cfg: SamplerConfig) -> None:
+                                                       cfg: SamplerConfig, objective: dict | None) -> None:
     process = forcing(vocab, every=3, end_after=50, closer_from={1: 9})
     ps = prompts(vocab)[:2]
-    fast, _ = run_all(model, vocab, cfg, ps, process)
-    slow, _ = run_all(model, vocab, SamplerConfig(**{**cfg.__dict__, "backend": "recompute"}), ps, process)
+    fast, _ = run_all(model, vocab, cfg, ps, process, objective)
+    slow, _ = run_all(model, vocab, SamplerConfig(**{**cfg.__dict__, "backend": "recompute"}), ps, process, objective)
     assert [g.ids for g in fast] == [g.ids for g in slow]
     assert all(g.spans for g in fast)
+
+
+def test_threshold_commits_several_codes_per_step(model: torch.nn.Module, vocab: UnifiedVocab) -> None:
+    """Parallel decoding in both attention modes: a threshold every candidate reaches fills a block in one step
+    (the fixed schedule takes steps_per_block), and the tokens still equal the oracle's."""
+    cfg = SamplerConfig(block_length=8, steps_per_block=8, max_span=16, max_new_tokens=60, threshold=1e-9)
+    ps, process = prompts(vocab)[1:2], forcing(vocab, every=3, end_after=30)
+    for objective in (None, block_causal(8)):
+        run = TtTSampler(model, vocab, cfg, process, objective=objective).start(ps)
+        list(run)
+        (g,) = run.results()
+        assert [len(s) for s in g.spans] and all(len(s) == 16 for s in g.spans)
+        assert run.stats.diffusion_steps == 2 * len(g.spans)  # one step per block of 8 codes
+        slow, _ = run_all(model, vocab, SamplerConfig(**{**cfg.__dict__, "backend": "recompute"}), ps, process,
+                          objective)
+        assert slow[0].ids == g.ids
 
 
 def test_token_budget_ends_the_turn_and_shortens_spans(model: torch.nn.Module, vocab: UnifiedVocab) -> None:
@@ -263,17 +292,19 @@ FORCED = {
 }
 
 
-@pytest.mark.parametrize("decode", ["ttt", "ar"])
+@pytest.mark.parametrize("decode, objective", [("ttt", None), ("ttt", block_causal(4)), ("ar", None)],
+                         ids=["ttt", "ttt_block_causal", "ar"])
 @pytest.mark.parametrize("case", list(FORCED))
 def test_forced_spans_feed_the_generated_sequence(model: torch.nn.Module, vocab: UnifiedVocab, decode: str,
-                                                  case: str) -> None:
+                                                  objective: dict | None, case: str) -> None:
     """A forced closer must follow its span's last code in what the model saw (the AR decoder once appended the
     closer right after sampling the code that filled the span, so that code never entered the context)."""
     max_span, max_new, rows, every, spans = FORCED[case]
     cfg = SamplerConfig(block_length=4, steps_per_block=2, max_span=max_span, max_new_tokens=max_new, decode=decode)
     ps = prompts(vocab)[rows]
-    oracle, gens = recorded_run(model, vocab, cfg, ps, forcing(vocab, every=every, end_after=40))
-    assert_fed_the_generation(vocab, oracle, ps, gens, decode)
+    oracle, gens = recorded_run(model, vocab, cfg, ps, forcing(vocab, every=every, end_after=40), objective)
+    span_block = None if objective is None else objective["audio_block"]
+    assert_fed_the_generation(vocab, oracle, ps, gens, decode, span_block)
     if spans is None:
         assert all(g.finish_reason == "eos" and [len(s) for s in g.spans] == [max_span] * 4 for g in gens)
     else:
@@ -281,22 +312,71 @@ def test_forced_spans_feed_the_generated_sequence(model: torch.nn.Module, vocab:
         assert gens[0].ids[-1] == vocab.id(EOA)
 
 
-def test_ttt_diffusion_steps_attend_with_the_training_mask(model: torch.nn.Module, vocab: UnifiedVocab) -> None:
+@pytest.mark.parametrize("block", [None, 8], ids=["bidirectional", "block_causal"])
+def test_ttt_diffusion_steps_attend_with_the_training_mask(model: torch.nn.Module, vocab: UnifiedVocab,
+                                                           block: int | None) -> None:
     """Every pass's blocks are the training mask of the sequence it runs. Row 0 commits several closers in one step
     with masks still before them (closer pushed from span position 3): the span must end at the first closer at
     once, since a training span [opener, codes, closer] holds nothing after it; row 1's spans are forced closed."""
     ps = prompts(vocab)[:2]
     cfg = SamplerConfig(block_length=8, steps_per_block=3, max_span=12, max_new_tokens=90)
-    oracle, gens = recorded_run(model, vocab, cfg, ps, forcing(vocab, end_after=40, closer_from={0: 3}))
+    objective = None if block is None else block_causal(block)
+    oracle, gens = recorded_run(model, vocab, cfg, ps, forcing(vocab, end_after=40, closer_from={0: 3}), objective)
     for r in range(len(ps)):
-        assert [canonical(b) for _, b in oracle.passes[r]] == [training_blocks(vocab, i, "ttt")
+        assert [canonical(b) for _, b in oracle.passes[r]] == [training_blocks(vocab, i, "ttt", block)
                                                               for i, _ in oracle.passes[r]]
-    assert_fed_the_generation(vocab, oracle, ps, gens, "ttt")
+    assert_fed_the_generation(vocab, oracle, ps, gens, "ttt", block)
     assert all(g.finish_reason == "eos" for g in gens)
     assert all(len(s) == 2 for s in gens[0].spans) and all(len(s) == 12 for s in gens[1].spans)
     # the first span of row 0 went through a step that still had masks before its closer
     first = next(ids for ids, _ in oracle.passes[0] if vocab.id(EOA) in ids[len(ps[0]) :])
     assert vocab.mask_id in first[len(ps[0]) : first.index(vocab.id(EOA), len(ps[0]))]
+
+
+class RecordingCache(CachedBackend):
+    """The cached backend that keeps every chunk it ran (ids copied, keep, last_only)."""
+
+    def __init__(self, model: torch.nn.Module, batch: int, pad_id: int) -> None:
+        super().__init__(model, batch, pad_id)
+        self.chunks: list[Chunk] = []
+
+    def run(self, chunks: list[Chunk]) -> list[torch.Tensor]:
+        self.chunks += [Chunk(c.row, list(c.ids), np.array(c.blocks), c.keep, c.last_only) for c in chunks]
+        return super().run(chunks)
+
+
+def test_block_causal_spans_are_cached_block_by_block(model: torch.nn.Module, vocab: UnifiedVocab) -> None:
+    """Block-causal decoding never recomputes a finished block: what the cache keeps, chunk after chunk, is the
+    generated sequence itself, each token once; no pass after the prefill runs more than two blocks (the finished
+    block it commits and the block being decoded); bidirectional steps rerun the whole span instead."""
+    cfg = SamplerConfig(block_length=8, steps_per_block=3, max_span=40, max_new_tokens=200)
+    ps, process = prompts(vocab), forcing(vocab, end_after=100, closer_from={0: 19})
+    processed = {}
+    for objective in (None, block_causal(8)):
+        run = TtTSampler(model, vocab, cfg, process, objective=objective).start(ps)
+        run.backend = recorder = RecordingCache(model, len(ps), vocab.pad_id)
+        list(run)
+        processed[objective is None] = run.stats.tokens_processed
+    gens = run.results()
+    assert all(g.finish_reason == "eos" for g in gens) and max(len(s) for g in gens for s in g.spans) == 40
+    for r, (prompt, g) in enumerate(zip(ps, gens, strict=True)):
+        mine = [c for c in recorder.chunks if c.row == r]
+        kept = [t for c in mine for t in list(c.ids)[: c.keep]]
+        assert kept == (prompt + g.ids)[:-1]  # everything but the final <|im_end|>, which nothing reads
+        assert max(len(c) for c in mine[1:]) <= 2 * cfg.block_length
+    assert processed[False] < 0.6 * processed[True]
+
+
+def test_span_block_comes_from_the_checkpoint_objective(model: torch.nn.Module, vocab: UnifiedVocab) -> None:
+    assert TtTSampler(model, vocab, CFG).span_block is None
+    assert TtTSampler(model, vocab, CFG, objective={"mode": "ttt"}).span_block is None  # a record from before
+    assert TtTSampler(model, vocab, CFG, objective=block_causal(8)).span_block == 8
+    ar = SamplerConfig(**{**CFG.__dict__, "decode": "ar"})
+    assert TtTSampler(model, vocab, ar, objective=block_causal(8)).span_block is None
+    with pytest.raises(ValueError, match="block_length=16"):
+        TtTSampler(model, vocab, CFG, objective=block_causal(16))
+    with pytest.raises(ValueError, match="audio_attention"):
+        TtTSampler(model, vocab, CFG, objective={"mode": "ttt", "audio_attention": "causal"})
 
 
 def test_cache_discards_diffusion_steps_and_matches_recompute(model: torch.nn.Module, vocab: UnifiedVocab) -> None:
@@ -306,12 +386,12 @@ def test_cache_discards_diffusion_steps_and_matches_recompute(model: torch.nn.Mo
     a = [11, 12, vocab.id(SOA), vocab.audio_offset + 1, vocab.audio_offset + 2, vocab.id(EOA), 13]
     b = [21, 22, 23, 24]
     steps = [
-        [Chunk(0, a, prompt_block_ids(vocab, a), True, True), Chunk(1, b, np.full(4, -1), True, True)],
-        [Chunk(0, [quad, m, m, m], np.zeros(4), False, False), Chunk(1, [25], np.full(1, -1), True, True)],
-        [Chunk(0, [quad, vocab.audio_offset + 7, m, m], np.zeros(4), False, False)],
-        [Chunk(0, [quad, vocab.audio_offset + 7, vocab.id(EOA_FINAL)], np.zeros(3), True, True),
-         Chunk(1, [vocab.id(SOA), m, m], np.zeros(3), False, False)],
-        [Chunk(0, [30], np.full(1, -1), True, True), Chunk(1, [26], np.full(1, -1), True, True)],
+        [Chunk(0, a, prompt_block_ids(vocab, a), 7, True), Chunk(1, b, np.full(4, -1), 4, True)],
+        [Chunk(0, [quad, m, m, m], np.zeros(4), 0, False), Chunk(1, [25], np.full(1, -1), 1, True)],
+        [Chunk(0, [quad, vocab.audio_offset + 7, m, m], np.zeros(4), 0, False)],
+        [Chunk(0, [quad, vocab.audio_offset + 7, vocab.id(EOA_FINAL)], np.zeros(3), 3, True),
+         Chunk(1, [vocab.id(SOA), m, m], np.zeros(3), 0, False)],
+        [Chunk(0, [30], np.full(1, -1), 1, True), Chunk(1, [26], np.full(1, -1), 1, True)],
     ]
     cached, full = CachedBackend(model, 2, vocab.pad_id), RecomputeBackend(model, 2)
     with torch.inference_mode():

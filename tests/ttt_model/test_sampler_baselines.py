@@ -309,6 +309,6 @@ def test_decode_mode_resolution(model: torch.nn.Module, vocab: UnifiedVocab) -> 
         resolve_decode("auto", "diffusion")
     with pytest.raises(ValueError, match="decode"):
         SamplerConfig(decode="fast")
-    assert TtTSampler(model, vocab, SamplerConfig(), trained_mode="ar").decode == "ar"
-    assert TtTSampler(model, vocab, SamplerConfig(decode="ttt"), trained_mode="ar").decode == "ttt"
+    assert TtTSampler(model, vocab, SamplerConfig(), objective={"mode": "ar"}).decode == "ar"
+    assert TtTSampler(model, vocab, SamplerConfig(decode="ttt"), objective={"mode": "ar"}).decode == "ttt"
     assert TtTSampler(model, vocab).decode == "ttt"

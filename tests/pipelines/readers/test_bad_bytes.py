@@ -85,25 +85,30 @@ def test_csv_header_that_is_not_utf8_fails_the_file(tmp_path):
         list(iter_csv_records(path))
 
 
-def test_librispeech_transcript_line(corpora, tmp_path, read_all):
-    shutil.copytree(corpora / "librispeech/LibriSpeech", tmp_path / "ls")
-    trans = tmp_path / "ls/dev-clean/84/121123/84-121123.trans.txt"
-    before = read_all("librispeech", tmp_path / "ls")
-    column = corrupt(trans, 2, b"STAIRCASE")
-    after = read_all("librispeech", tmp_path / "ls")
+@pytest.mark.parametrize(("kind", "corpus", "file", "lineno", "anchor", "good_id", "bad_id", "options"), [
     # the flac of the bad line is not reported a second time as having no transcript line
-    assert_one_record_lost(before, after, "librispeech/84-121123-0001", "librispeech/84-121123-0001",
-                           f"{trans}:2", utf8_error(column))
-
-
-def test_aishell1_transcript_line(corpora, tmp_path, read_all):
-    shutil.copytree(corpora / "aishell1/data_aishell", tmp_path / "a1")
-    trans = tmp_path / "a1/transcript/aishell_transcript_v0.8.txt"
-    before = read_all("aishell1", tmp_path / "a1")
-    column = corrupt(trans, 2, "眼中".encode())
-    after = read_all("aishell1", tmp_path / "a1")
-    assert_one_record_lost(before, after, "aishell1/BAC009S0002W0123", "aishell1/BAC009S0002W0123",
-                           f"{trans}:2", utf8_error(column))
+    ("librispeech", "librispeech/LibriSpeech", "dev-clean/84/121123/84-121123.trans.txt", 2, b"STAIRCASE",
+     "librispeech/84-121123-0001", "librispeech/84-121123-0001", {}),
+    ("aishell1", "aishell1/data_aishell", "transcript/aishell_transcript_v0.8.txt", 2, "眼中".encode(),
+     "aishell1/BAC009S0002W0123", "aishell1/BAC009S0002W0123", {}),
+    ("commonvoice", "commonvoice/cv-corpus-5.1-2020-06-22/en", "train.tsv", 3, b"quick",
+     "commonvoice/common_voice_en_101", "commonvoice/train-row1", {}),
+    # the tar member named on the bad line is matched to it, not dropped as untranscribed
+    ("fleurs", "fleurs", "data/en_us/train.tsv", 2, b"Hello", "fleurs/en_us/11112", "fleurs/en_us/11112",
+     {"subsets": ["en_us"]}),
+    ("spoken_qa", "spoken_qa", "eval_datas/llama_questions/llama_questions.csv", 2, b"capital",
+     "spoken_qa/llama_questions/0", "spoken_qa/llama_questions/0", {}),
+    ("lhotse", "lhotse", "mini_supervisions_dev.jsonl.gz", 2, b"SECOND", "lhotse/sup2",
+     "lhotse/mini_supervisions_dev.jsonl.gz:2", {}),
+])
+def test_one_bad_line_costs_one_record(corpora, tmp_path, read_all, kind, corpus, file, lineno, anchor, good_id,
+                                       bad_id, options):
+    shutil.copytree(corpora / corpus, tmp_path / kind)
+    path = tmp_path / kind / file
+    before = read_all(kind, tmp_path / kind, **options)
+    column = corrupt(path, lineno, anchor)
+    after = read_all(kind, tmp_path / kind, **options)
+    assert_one_record_lost(before, after, good_id, bad_id, f"{path}:{lineno}", utf8_error(column))
 
 
 def test_aishell1_line_whose_id_is_unreadable_is_reported_once(corpora, tmp_path, read_all, fates):
@@ -127,47 +132,6 @@ def test_aishell2_transcript_and_wav_scp_lines(corpora, tmp_path, read_all, name
     after_rows = read_all("aishell2", tmp_path / "a2")
     assert_one_record_lost(before, after_rows, f"aishell2/{utt}", f"aishell2/{utt}",
                            f"{tmp_path / 'a2' / name}:{lineno}", utf8_error(column))
-
-
-def test_commonvoice_tsv_row(corpora, tmp_path, read_all):
-    shutil.copytree(corpora / "commonvoice/cv-corpus-5.1-2020-06-22/en", tmp_path / "en")
-    tsv = tmp_path / "en/train.tsv"
-    before = read_all("commonvoice", tmp_path / "en")
-    column = corrupt(tsv, 3, b"quick")
-    after = read_all("commonvoice", tmp_path / "en")
-    assert_one_record_lost(before, after, "commonvoice/common_voice_en_101", "commonvoice/train-row1",
-                           f"{tsv}:3", utf8_error(column))
-
-
-def test_fleurs_tsv_line(corpora, tmp_path, read_all):
-    shutil.copytree(corpora / "fleurs", tmp_path / "fleurs")
-    tsv = tmp_path / "fleurs/data/en_us/train.tsv"
-    before = read_all("fleurs", tmp_path / "fleurs", subsets=["en_us"])
-    column = corrupt(tsv, 2, b"Hello")
-    after = read_all("fleurs", tmp_path / "fleurs", subsets=["en_us"])
-    # the tar member named on the bad line is matched to it, not dropped as untranscribed
-    assert_one_record_lost(before, after, "fleurs/en_us/11112", "fleurs/en_us/11112", f"{tsv}:2",
-                           utf8_error(column))
-
-
-def test_spoken_qa_csv_row(corpora, tmp_path, read_all):
-    shutil.copytree(corpora / "spoken_qa", tmp_path / "qa")
-    csv_path = tmp_path / "qa/eval_datas/llama_questions/llama_questions.csv"
-    before = read_all("spoken_qa", tmp_path / "qa")
-    column = corrupt(csv_path, 2, b"capital")
-    after = read_all("spoken_qa", tmp_path / "qa")
-    assert_one_record_lost(before, after, "spoken_qa/llama_questions/0", "spoken_qa/llama_questions/0",
-                           f"{csv_path}:2", utf8_error(column))
-
-
-def test_lhotse_supervisions_line(corpora, tmp_path, read_all):
-    shutil.copytree(corpora / "lhotse", tmp_path / "lh")
-    sups = tmp_path / "lh/mini_supervisions_dev.jsonl.gz"
-    before = read_all("lhotse", tmp_path / "lh")
-    column = corrupt(sups, 2, b"SECOND")
-    after = read_all("lhotse", tmp_path / "lh")
-    assert_one_record_lost(before, after, "lhotse/sup2", "lhotse/mini_supervisions_dev.jsonl.gz:2", f"{sups}:2",
-                           utf8_error(column))
 
 
 def test_lhotse_cuts_line(corpora, tmp_path, read_all, fates):

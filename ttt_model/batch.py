@@ -64,7 +64,7 @@ class PackedBatch:
     block_ids: torch.Tensor  # long [B, L], -1 = causal token, unique within a row
     labels: torch.Tensor  # long [B, L], IGNORE (-100) = no target
     loss_kind: torch.Tensor  # long [B, L], 0 none, 1 AR, 2 diffusion
-    loss_weight: torch.Tensor  # float32 [B, L], 1 for AR, 1/p for diffusion, 0 otherwise
+    loss_weight: torch.Tensor  # float32 [B, L], w for AR, w/p for diffusion (w: task weight), 0 otherwise
     n_ar: int
     n_maskable: int
     n_tokens: int
@@ -98,6 +98,7 @@ def as_spans(rows: Iterable[Span | Mapping]) -> list[Span]:
 @dataclass(frozen=True)
 class _Prepared:
     sample_id: str
+    task: str | None  # the shard row's task (its loss weight); None where rows carry no task
     ids: np.ndarray
     spans: list[Span]
     plan_diffused: frozenset[int] | None
@@ -132,6 +133,7 @@ class TtTCollator:
                 float(pm),
                 sample_rng(self.seed, epoch, p.sample_id, "mask").random(len(p.ids)),
                 self.vocab.mask_id,
+                self.cfg.task_weight(p.task),
             )
             for p, pm in zip(kept, p_mask, strict=True)
         ]
@@ -164,11 +166,12 @@ class TtTCollator:
 
     def _prepare(self, sample: Mapping, epoch: int) -> _Prepared:
         sid = str(sample["sample_id"])
+        task = sample.get("task")
         ids = np.asarray(sample["input_ids"], dtype=np.int64)
         spans = as_spans(sample["spans"])
         if self.cfg.mode != "ttt":
             fitted, fitted_spans = fit_to_length(ids, spans, self.max_tokens)
-            return _Prepared(sid, fitted, fitted_spans, None, None, StrategyDraw(), len(fitted) < len(ids))
+            return _Prepared(sid, task, fitted, fitted_spans, None, None, StrategyDraw(), len(fitted) < len(ids))
         # Every stream is drawn whatever happens, so an ablation changes only what it removes.
         banom = draw_banom(self.cfg, sample_rng(self.seed, epoch, sid, "banom"))
         final = sst_span(spans, ids, self.vocab.pad_id)
@@ -190,7 +193,7 @@ class TtTCollator:
         block = self.cfg.span_block
         noised = (None if block is None
                   else draw_noised_blocks(fitted_spans, diffused, block, sample_rng(self.seed, epoch, sid, "block")))
-        return _Prepared(sid, fitted, fitted_spans, diffused, noised, draw, len(fitted) < len(ids))
+        return _Prepared(sid, task, fitted, fitted_spans, diffused, noised, draw, len(fitted) < len(ids))
 
     def _assemble(self, noised: Sequence[NoisedSample], bins: Sequence[Sequence[int]]) -> PackedBatch:
         shape = (len(bins), self.max_tokens)

@@ -7,6 +7,8 @@ depend on how the step is split into micro-batches (the reference summed per-mic
 - L_AO = Σ_masked CE / p / N_maskable, N_maskable = number of tokens subject to masking in the step
   (the paper's normaliser). E[Σ_masked CE / p] = Σ_maskable CE, so L_AO is an unbiased estimate of the
   mean per-token loss of the clean-vs-masked prediction at noise level p.
+With `objective.task_weights` each target's CE is first multiplied by its sample's task weight (carried in
+`PackedBatch.loss_weight`); the normalisers stay target counts, so no weights is exactly the paper's loss.
 
 Only positions with a target get logits: gathering their hidden states before the LM head avoids
 computing B × L × V logits (V ≈ 156k), the dominant cost of a small model on CPU. The head runs in chunks
@@ -102,7 +104,7 @@ def hybrid_loss_sums(
         both = torch.cat([ar, diff])
         ce = chunked_cross_entropy(flat_hidden[both], lm_head_weight, labels[both], chunk_size, checkpoint)
         ar_ce, diff_ce = ce[: len(ar)], ce[len(ar) :]
-        return LossSums(ar_ce.sum(), len(ar), (diff_ce * weight[diff]).sum(), len(diff))
+        return LossSums((ar_ce * weight[ar]).sum(), len(ar), (diff_ce * weight[diff]).sum(), len(diff))
     ar_ce = chunked_cross_entropy(flat_hidden[ar], lm_head_weight, labels[ar], chunk_size, checkpoint)
     ids = diffusion_ids.to(hidden.device)
     diff_head = lm_head_weight[ids]
@@ -110,7 +112,7 @@ def hybrid_loss_sums(
     if not torch.equal(ids[diff_labels.clamp(max=len(ids) - 1)], labels[diff]):
         raise ValueError("a diffusion target lies outside the restricted audio head")
     diff_ce = chunked_cross_entropy(flat_hidden[diff], diff_head, diff_labels, chunk_size, checkpoint)
-    return LossSums(ar_ce.sum(), len(ar), (diff_ce * weight[diff]).sum(), len(diff))
+    return LossSums((ar_ce * weight[ar]).sum(), len(ar), (diff_ce * weight[diff]).sum(), len(diff))
 
 
 def global_counts(batches: Iterable[PackedBatch], device: torch.device | str = "cpu") -> tuple[int, int]:

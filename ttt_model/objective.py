@@ -48,8 +48,9 @@ Audio attention (`ObjectiveConfig.audio_attention`, TtT mode only):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Container, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -83,6 +84,9 @@ class ObjectiveConfig:
     audio_head: str = "full"
     audio_attention: str = "bidirectional"  # bidirectional (paper) | block_causal (blocks of audio_block tokens)
     audio_block: int = 32  # block_causal: attention/decoding block length; the sampler's block_length must match
+    # Loss weight per task (a shard row's `task`), absent = 1: every AR and diffusion target of the sample is
+    # multiplied by it; the normalisers stay target counts, so {} is the paper's unweighted loss exactly.
+    task_weights: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -105,6 +109,9 @@ class ObjectiveConfig:
             raise ValueError(f"trunc_keep must satisfy 0 < lo <= hi < 1, got {self.trunc_keep}")
         if self.sst_min_codes < 1:
             raise ValueError(f"sst_min_codes must be at least 1, got {self.sst_min_codes}")
+        for task, w in self.task_weights.items():
+            if not isinstance(w, int | float) or not math.isfinite(w) or w < 0:
+                raise ValueError(f"task_weights[{task!r}] must be a finite number >= 0, got {w!r}")
         if self.mode != "ttt" and (self.banom or self.ppm or self.sst):
             raise ValueError(f"BANOM/PPM/SST are TtT strategies; switch them off for mode {self.mode!r}")
         if self.mode != "ttt" and self.audio_head == "restricted":
@@ -128,7 +135,13 @@ class ObjectiveConfig:
         values = {k: cfg[k] for k in cfg}
         if "trunc_keep" in values:
             values["trunc_keep"] = tuple(float(x) for x in values["trunc_keep"])
+        if "task_weights" in values:
+            values["task_weights"] = {str(k): v for k, v in (values["task_weights"] or {}).items()}
         return cls(**values)
+
+    def task_weight(self, task: str | None) -> float:
+        """The loss weight of a sample of `task` (1 for a task without a weight, or a row without a task)."""
+        return float(self.task_weights.get(task, 1.0)) if task is not None else 1.0
 
 
 @dataclass(frozen=True)
@@ -294,15 +307,17 @@ class NoisedSample:
     input_ids: np.ndarray  # int64 [n], masked tokens replaced by the mask id
     labels: np.ndarray  # int64 [n], IGNORE where the position has no target
     loss_kind: np.ndarray  # int8 [n], KIND_NONE / KIND_AR / KIND_DIFFUSION
-    loss_weight: np.ndarray  # float32 [n], 1 for AR, 1/p for diffusion, 0 otherwise
+    loss_weight: np.ndarray  # float32 [n], w for AR, w/p for diffusion, 0 otherwise (w: the task weight)
     block_ids: np.ndarray  # int32 [n]
     n_ar: int
     n_maskable: int
     n_masked: int
 
 
-def noise_sample(ids: np.ndarray, plan: TargetPlan, p: float, u: np.ndarray, mask_id: int) -> NoisedSample:
-    """Mask each maskable token where u < p and write the targets; `u` holds one uniform per token."""
+def noise_sample(ids: np.ndarray, plan: TargetPlan, p: float, u: np.ndarray, mask_id: int,
+                 task_weight: float = 1.0) -> NoisedSample:
+    """Mask each maskable token where u < p and write the targets; `u` holds one uniform per token, `task_weight`
+    scales every target's loss weight (ObjectiveConfig.task_weights)."""
     ids = np.asarray(ids, dtype=np.int64)
     masked = plan.maskable & (np.asarray(u) < p)
     labels = np.full(len(ids), IGNORE, dtype=np.int64)
@@ -310,8 +325,8 @@ def noise_sample(ids: np.ndarray, plan: TargetPlan, p: float, u: np.ndarray, mas
     weight = np.zeros(len(ids), dtype=np.float32)
     ar_pos = np.flatnonzero(plan.ar_target) - 1
     diff_pos = np.flatnonzero(masked) - 1
-    labels[ar_pos], kind[ar_pos], weight[ar_pos] = ids[ar_pos + 1], KIND_AR, 1.0
-    labels[diff_pos], kind[diff_pos], weight[diff_pos] = ids[diff_pos + 1], KIND_DIFFUSION, 1.0 / p
+    labels[ar_pos], kind[ar_pos], weight[ar_pos] = ids[ar_pos + 1], KIND_AR, task_weight
+    labels[diff_pos], kind[diff_pos], weight[diff_pos] = ids[diff_pos + 1], KIND_DIFFUSION, task_weight / p
     return NoisedSample(
         input_ids=np.where(masked, mask_id, ids),
         labels=labels,

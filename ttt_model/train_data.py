@@ -45,7 +45,7 @@ from tokenization.vocab_factory import make_vocab, manifest_subset
 from ttt_model.train_config import TrainConfigError, TrainSettings
 from ttt_model.validation import is_validation
 
-READ_COLUMNS = ("sample_id", "input_ids", "spans")  # all the collator needs; the rest of a shard row stays on disk
+READ_COLUMNS = ("sample_id", "task", "input_ids", "spans")  # all the collator needs (task: its loss weight)
 
 T = TypeVar("T")
 Row = dict[str, Any]
@@ -116,14 +116,15 @@ def check_vocab(vocab: UnifiedVocab, manifest: Mapping[str, Any], what: str) -> 
 # ---- worker side ---------------------------------------------------------------------------------------
 
 def arrow_rows(table: pa.Table) -> list[Row]:
-    """Shard rows (sample_id, input_ids, spans) as the collator's dicts; token ids as numpy slices of one
+    """Shard rows (sample_id, task, input_ids, spans) as the collator's dicts; token ids as numpy slices of one
     buffer instead of Python lists (a million-token batch would otherwise cost a million int objects)."""
     ids_col = table.column("input_ids").combine_chunks()
     offsets = ids_col.offsets.to_numpy()
     values = ids_col.values.to_numpy(zero_copy_only=False)
     sample_ids = table.column("sample_id").to_pylist()
     spans = table.column("spans").to_pylist()
-    return [{"sample_id": sid, "input_ids": values[offsets[i]:offsets[i + 1]], "spans": spans[i]}
+    tasks = table.column("task").to_pylist() if "task" in table.column_names else [None] * len(sample_ids)
+    return [{"sample_id": sid, "task": tasks[i], "input_ids": values[offsets[i]:offsets[i + 1]], "spans": spans[i]}
             for i, sid in enumerate(sample_ids)]
 
 

@@ -33,7 +33,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
@@ -150,6 +150,9 @@ class TrainWorker:
         self.vocab = training_vocab(plan.text_tokenizer, plan.vocab_layout, plan.vocab_manifest)
         self.objective = ObjectiveConfig.from_mapping(plan.objective)
         self.collator = TtTCollator(self.vocab, self.objective, self.s.max_tokens, self.s.seed, self.s.packing)
+        # Held-out losses are reported unweighted, so curves of runs with different task weights compare.
+        self.val_collator = TtTCollator(self.vocab, replace(self.objective, task_weights={}), self.s.max_tokens,
+                                        self.s.seed, self.s.packing)
         self._sync = torch.cuda.synchronize if device.type == "cuda" and self.s.logging.sync_timings else None
         self.log_dir = Path(plan.log_dir)
         self.sinks: MetricSinks | None = None
@@ -317,7 +320,7 @@ class TrainWorker:
 
     def _validation(self) -> dict[str, float]:
         """Held-out loss per task (ttt_model/validation.py), a collective over all ranks."""
-        losses = task_losses(self.module, self.collator, self.val_rows, self.s.batch.micro_size, self.rank,
+        losses = task_losses(self.module, self.val_collator, self.val_rows, self.s.batch.micro_size, self.rank,
                              self.world, self.device)
         return {f"val/{task}/{term}": value for task, terms in losses.items() for term, value in terms.items()}
 

@@ -58,10 +58,11 @@ def plan_run(cfg: Mapping[str, Any]) -> RunPlan:
         raise TrainConfigError("the config has no `train` group: pick one, e.g. `train=cpu` or `train=a100x32`")
     settings = parse_settings(cfg["train"])
     try:
-        ObjectiveConfig.from_mapping(cfg["objective"])
+        objective = ObjectiveConfig.from_mapping(cfg["objective"])
     except ValueError as e:
         raise TrainConfigError(f"objective: {e}") from e
     shards = discover_shards(cfg["paths"]["shards"], settings.max_tokens, settings.batch.unit == "tokens")
+    check_task_weights(objective, shards)
     text_tokenizer, layout = vocab_settings(cfg)
     try:
         vocab = training_vocab(text_tokenizer, layout, shards.manifest)
@@ -89,6 +90,19 @@ def plan_run(cfg: Mapping[str, Any]) -> RunPlan:
         total_steps=total_steps(settings, per_epoch), storage_path=storage,
         log_dir=str(Path(settings.logging.dir).expanduser().resolve()), mlflow=mlflow, config=dict(cfg),
     )
+
+
+def check_task_weights(objective: ObjectiveConfig, shards: ShardSet) -> None:
+    """A weight (other than 1) for a task the shards do not hold is a typo or the wrong shards: it would silently
+    weigh nothing."""
+    weighted = {task for task, w in objective.task_weights.items() if w != 1}
+    if not weighted:
+        return
+    tasks = set(pq.read_table(list(shards.files), columns=["task"]).column("task").unique().to_pylist())
+    unknown = sorted(weighted - tasks)
+    if unknown:
+        raise TrainConfigError(f"objective.task_weights names task(s) {unknown} that the shards in {shards.root} do "
+                               f"not hold (they hold {sorted(tasks)})")
 
 
 def without_validation(shards: ShardSet, settings: TrainSettings) -> ShardSet:

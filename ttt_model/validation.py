@@ -61,12 +61,12 @@ def read_validation_rows(files: Sequence[str], fraction: float, max_per_task: in
     wanted = sorted(i for ids in chosen.values() for i in ids)
     if not wanted:
         return {}
-    table = pq.read_table(list(files), columns=[*columns, "task"])
+    table = pq.read_table(list(files), columns=[*dict.fromkeys([*columns, "task"])])
     table = table.filter(pc.is_in(table.column("sample_id"), value_set=pc.cast(wanted, table.schema.field(
         "sample_id").type)))
     out: dict[str, list[dict[str, Any]]] = {}
     for row in sorted(table.to_pylist(), key=lambda r: r["sample_id"]):
-        out.setdefault(row.pop("task"), []).append(row)
+        out.setdefault(row["task"], []).append(row)
     return out
 
 

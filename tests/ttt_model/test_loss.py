@@ -119,7 +119,8 @@ def test_loss_and_gradient_do_not_depend_on_the_micro_batch_split(model: ToyLM) 
 def naive_sums(hidden: torch.Tensor, weight: torch.Tensor, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """All B × L × V logits, then the same sums: what the gathered, chunked loss must equal."""
     ce = F.cross_entropy((hidden @ weight.T).transpose(1, 2), batch.labels, reduction="none", ignore_index=IGNORE)
-    return ce[batch.loss_kind == KIND_AR].sum(), (ce * batch.loss_weight)[batch.loss_kind == KIND_DIFFUSION].sum()
+    weighted = ce * batch.loss_weight
+    return weighted[batch.loss_kind == KIND_AR].sum(), weighted[batch.loss_kind == KIND_DIFFUSION].sum()
 
 
 @pytest.mark.parametrize(("chunk_size", "checkpoint"), [(1, False), (7, True), (4096, False)])
@@ -134,6 +135,31 @@ def test_gathered_chunked_loss_equals_full_logits(model: ToyLM, chunk_size: int,
     torch.testing.assert_close(sums.diff_sum, diff)
     grad = torch.autograd.grad(sums.ar_sum + sums.diff_sum, model.head)[0]
     torch.testing.assert_close(grad, torch.autograd.grad(ar + diff, model.head)[0])
+
+
+def test_task_weights_scale_each_samples_targets_and_nothing_else(model: ToyLM) -> None:
+    """One sample per row (packing off), so row i is sample i: its weights are the unweighted ones times its task's
+    weight, noise and targets are untouched, and the loss sums are the task-weighted sums of the plain ones."""
+    tasks = ["asr", "tts", "text_chat", None] * 2  # text_chat has no weight (1); None: a row without a task column
+    data = [{**s, "task": t} if t else s for s, t in zip(DATA, tasks, strict=True)]
+    weights = {"asr": 0.5, "tts": 3.0}
+    plain = compact(TtTCollator(VOCAB, ObjectiveConfig(), 256, seed=5, packing=False)(data, epoch=1))
+    cfg = ObjectiveConfig(task_weights=weights)
+    weighted = compact(TtTCollator(VOCAB, cfg, 256, seed=5, packing=False)(data, epoch=1))
+    for name in ("input_ids", "labels", "loss_kind", "block_ids"):
+        assert torch.equal(getattr(plain, name), getattr(weighted, name)), name
+    assert (plain.n_ar, plain.n_maskable) == (weighted.n_ar, weighted.n_maskable)
+    factor = torch.tensor([weights.get(t, 1.0) if t else 1.0 for t in tasks])[:, None]
+    torch.testing.assert_close(weighted.loss_weight, plain.loss_weight * factor)
+    with torch.no_grad():
+        hidden = model(plain)
+        ce = F.cross_entropy((hidden @ model.head.T).transpose(1, 2), plain.labels, reduction="none",
+                             ignore_index=IGNORE)
+        sums = hybrid_loss_sums(hidden, model.head, weighted)
+    scaled = ce * plain.loss_weight * factor
+    torch.testing.assert_close(sums.ar_sum, scaled[plain.loss_kind == KIND_AR].sum())
+    torch.testing.assert_close(sums.diff_sum, scaled[plain.loss_kind == KIND_DIFFUSION].sum())
+    assert any(t == "tts" for t in tasks) and (plain.loss_kind[1] == KIND_AR).any()  # the weights did bite
 
 
 def test_restricted_audio_head() -> None:

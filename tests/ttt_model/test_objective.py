@@ -339,6 +339,12 @@ def test_config_validation() -> None:
         ObjectiveConfig(audio_attention="block_causal", audio_block=0)
     with pytest.raises(ValueError, match="block_causal needs mode ttt"):
         ObjectiveConfig(mode="ar", banom=False, ppm=False, sst=False, audio_attention="block_causal")
+    for bad in (-1.0, float("nan"), float("inf"), "3"):
+        with pytest.raises(ValueError, match="task_weights"):
+            ObjectiveConfig(task_weights={"tts": bad})
+    weighted = ObjectiveConfig.from_mapping({"task_weights": {"tts": 3, "asr": 0.5}})
+    assert (weighted.task_weight("tts"), weighted.task_weight("asr"), weighted.task_weight("text_chat")) == (3, 0.5, 1)
+    assert weighted.task_weight(None) == 1 and ObjectiveConfig().task_weight("tts") == 1
     assert ObjectiveConfig().span_block is None
     assert ObjectiveConfig(audio_attention="block_causal", audio_block=16).span_block == 16
 

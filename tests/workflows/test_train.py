@@ -240,6 +240,8 @@ def test_configuration_mistakes_fail_before_any_worker_starts(
     assert "global_size=6 samples is not divisible by micro_size × num_workers = 2 × 2 = 4" in message
     assert "no config.json" in _run_error(good, "model.init=pretrained", f"model.path={tmp_path / 'nowhere'}")
     assert "fewer than one global batch" in _run_error(good, "train.batch.global_size=64")
+    message = _run_error(good, "objective.task_weights.tts=2")  # the fixture shards hold no TTS
+    assert "task(s) ['tts'] that the shards" in message and "'audio_chat', 'interleaved'" in message
     # a TtT checkpoint made with another vocabulary (another codebook size) as the starting point
     other = UnifiedVocab(load_text_tokenizer(), CodecIdentity("test", "1", 25.0, 256, 16000, 16000, "h"))
     model = build_model({"init": "random", "config": {"hidden_size": 16, "intermediate_size": 32,

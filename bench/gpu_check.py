@@ -8,18 +8,18 @@ CUDA context, cannot stop the parts after it), and is recorded as ok / skipped (
 the error). Parts:
 
 - correctness_attention: on a packed batch with several documents and audio spans (the project's collator),
-  the FlexAttention mask (`ttt_model.attention.mask_mod_for` / `flex_block_mask`) equals the SDPA boolean
+  the FlexAttention mask (`ttt_model.core.attention.mask_mod_for` / `flex_block_mask`) equals the SDPA boolean
   oracle entry for entry, its block sparsity skips exactly the empty tiles, and `forward_hidden` under
   flex_attention gives the logits of sdpa in fp32 and bf16 (and the same gradients, on CUDA: FlexAttention
   has no CPU backward);
 - correctness_sampler: greedy decoding with the KV cache gives the tokens of the full-recompute oracle, for
   every decode mode (ttt, ar, nar), on a batch of prompts of different lengths (float64: see
   tests/ttt_model/test_sampler.py, a greedy tie must not flip between the two paths);
-- correctness_train_step: one `ttt_model.train_loop.optimizer_step` (the function the loop runs) in bf16
+- correctness_train_step: one `ttt_model.training.loop.optimizer_step` (the function the loop runs) in bf16
   autocast and in fp32 from the same weights on the same batch: finite, and loss and gradient norm close;
 - training_throughput: the loop's step at production shape (Qwen2.5-1.5B architecture, random weights, the
   production vocabulary, packed rows of 4096 with audio spans, bf16 autocast, flex attention on CUDA, activation
-  checkpointing): tokens/s and MFU (`ttt_model.metrics.FlopsModel`, `peak_flops`);
+  checkpointing): tokens/s and MFU (`ttt_model.training.telemetry.FlopsModel`, `peak_flops`);
 - decode_latency: the TtT sampler after a 512-token prompt, batch 1 and 16: time to the first 26-code audio
   block, audio tokens/s;
 - codec_throughput: the GLM-4-Voice tokenizer architecture (production size, random weights): audio seconds
@@ -63,16 +63,16 @@ from tokenization.sequence import Part, Turn, build_chat, spans_to_pylist
 from tokenization.text import load_text_tokenizer
 from tokenization.text_subset import subset_tokenizer
 from tokenization.vocab import EOA_FINAL, SOA_FINAL, UnifiedVocab
-from ttt_model.attention import flex_block_mask, mask_mod_for, sdpa_mask
-from ttt_model.batch import PackedBatch, TtTCollator
-from ttt_model.loss import combine
-from ttt_model.metrics import FlopsModel, StepTimer, mfu, peak_flops
-from ttt_model.model import build_model, forward_hidden, lm_head_weight
-from ttt_model.objective import MODES, ObjectiveConfig
-from ttt_model.optim import build_optimizer, build_scheduler
-from ttt_model.sampler import AudioBlock, LogitsContext, SamplerConfig, TtTSampler
-from ttt_model.train_config import TrainSettings, parse_settings
-from ttt_model.train_loop import LossModule, batch_shape_stats, optimizer_step
+from ttt_model.core.attention import flex_block_mask, mask_mod_for, sdpa_mask
+from ttt_model.core.collator import PackedBatch, TtTCollator
+from ttt_model.core.loss import combine
+from ttt_model.core.model import build_model, forward_hidden, lm_head_weight
+from ttt_model.core.objective import MODES, ObjectiveConfig
+from ttt_model.decoding.sampler import AudioBlock, LogitsContext, SamplerConfig, TtTSampler
+from ttt_model.training.loop import LossModule, batch_shape_stats, optimizer_step
+from ttt_model.training.optim import build_optimizer, build_scheduler
+from ttt_model.training.settings import TrainSettings, parse_settings
+from ttt_model.training.telemetry import FlopsModel, StepTimer, mfu, peak_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "workflows" / "conf"

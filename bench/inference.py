@@ -56,17 +56,17 @@ import yaml
 from tokenization.codecs.base import CodecIdentity
 from tokenization.text import load_text_tokenizer
 from tokenization.vocab import EOA_FINAL, SOA_FINAL, UnifiedVocab
-from ttt_model.attention import sdpa_mask
-from ttt_model.kvcache import CachedBackend, Chunk
-from ttt_model.model import build_model
-from ttt_model.objective import AUDIO_ATTENTION
-from ttt_model.sampler import (
+from ttt_model.core.attention import sdpa_mask
+from ttt_model.core.model import build_model
+from ttt_model.core.objective import AUDIO_ATTENTION
+from ttt_model.decoding.kv_cache import CachedBackend, Chunk
+from ttt_model.decoding.sampler import (
     AudioBlock,
     LogitsContext,
     SamplerConfig,
     TtTSampler,
 )
-from ttt_model.sampling import SamplingParams, choose
+from ttt_model.decoding.token_sampling import SamplingParams, choose
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_CONF = ROOT / "workflows" / "conf" / "model"
@@ -374,7 +374,7 @@ def _embedded(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Part 2 (see the module docstring), or why it was skipped."""
     from pipelines.tasks import prompt_for
     from tokenization.codecs import build_codec
-    from ttt_model.generate import Message, SpeechLM, build_prompt
+    from ttt_model.decoding.speech_lm import Message, SpeechLM, build_prompt
 
     checkpoint = Path(args.checkpoint) if args.checkpoint else _newest_checkpoint(EMBEDDED_CHECKPOINTS)
     if checkpoint is None or not checkpoint.is_dir() or not Path(args.codec).is_dir():

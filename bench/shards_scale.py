@@ -28,12 +28,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from pipelines import duck
 from pipelines.quarantine import QUARANTINE_SCHEMA
-from pipelines.shards import SHARD_SCHEMA, shard_name
 from tokenization.sequence import SPAN_ARROW_TYPE
+from tokenization.shard_format import SHARD_SCHEMA, shard_name
 
 PAPER_ROWS = 6_321_321
 # task -> (share of samples, median tokens, spans per sample (min, max), source names)

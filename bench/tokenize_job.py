@@ -26,8 +26,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 ROOT = Path(__file__).resolve().parents[1]
 SENTENCES = ("The weather is warm and bright today.", "Please bring the blue book to the kitchen.",
              "Seven children walked along the river after school.", "A quiet library opens at nine in the morning.",
@@ -125,7 +123,7 @@ def measure_codec(cfg: dict[str, Any], sources: list[dict[str, Any]]) -> dict[st
 
     from pipelines.readers import get_reader
     from pipelines.records import SourceConfig
-    from pipelines.stages import encode_grouped
+    from pipelines.tokenize_stages import encode_grouped
     from tokenization.audio import load_audio
     from tokenization.codecs import build_codec
 

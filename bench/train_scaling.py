@@ -13,7 +13,7 @@ written at the last step). Scaling = tokens/s(N workers) / tokens/s(1 worker); g
     python bench/train_scaling.py --device cuda --shape qwen2.5-1.5b --workers 1 8 --samples 8192
     python bench/train_scaling.py --estimate-only --shards runs/local/shards   # tokens/sample from a manifest
 
-The paper estimate (always written): model FLOPs per token from the architecture (ttt_model.metrics.FlopsModel:
+The paper estimate (always written): model FLOPs per token from the architecture (training.telemetry.FlopsModel:
 6·N_body + 6·H·V per target position + 6·layers·d_q·n per token for causal attention over samples of n tokens),
 times 6.3M samples × 10 epochs × tokens per sample, over 32 A100 at 312 TFLOPS dense bf16 × an assumed MFU.
 Assumptions are written next to the numbers; tokens per sample come from a shards manifest when given.
@@ -26,19 +26,16 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import numpy as np
+import pyarrow as pa
 
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 PAPER = {"samples": 6_321_321, "epochs": 10, "gpus": 32, "peak_tflops": 312.0, "global_batch": 2048,
          "reference_padded_tokens_per_sample": 2048}
@@ -54,8 +51,9 @@ WORDS = ["the", "model", "speaks", "while", "it", "reads", "every", "sentence", 
 
 def write_synthetic_shards(shards: Path, vocab: Any, n: int, seed: int = 0, files: int = 4) -> dict[str, float]:
     """Shards in the tokenize job's layout with a realistic task mix; returns their token statistics."""
-    from pipelines.shards import MANIFEST_FILE, PARQUET_DIR, write_parquet_shard
+    from pipelines.shards import write_parquet_shard
     from tokenization.sequence import SPAN_ARROW_TYPE, Part, Turn, build_chat, build_document, spans_to_pylist
+    from tokenization.shard_format import MANIFEST_FILE, PARQUET_DIR
     from tokenization.vocab import write_manifest
 
     rng = np.random.default_rng(seed)
@@ -138,7 +136,7 @@ def measure(shards: Path, args: argparse.Namespace, workers: int) -> dict[str, A
     """One training run with `workers` workers; per-step numbers from its metrics.jsonl."""
     from hydra import compose, initialize_config_dir
 
-    from ttt_model.metrics import read_jsonl
+    from ttt_model.training.telemetry import read_jsonl
     from workflows.train import run
 
     layout = json.loads((shards / "manifest.json").read_text())["layout"]
@@ -174,8 +172,8 @@ def paper_estimate(tokens_per_sample: float, source: str) -> dict[str, Any]:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from ttt_model.metrics import FlopsModel
-    from ttt_model.model import build_model
+    from ttt_model.core.model import build_model
+    from ttt_model.training.telemetry import FlopsModel
 
     vocab = bench_vocab()
     total_tokens = PAPER["samples"] * PAPER["epochs"] * tokens_per_sample

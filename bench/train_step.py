@@ -32,7 +32,7 @@ MFU = flops / time / peak (`--peak-tflops`, default 989: H100 SXM dense bf16).
 
 Reading the memory numbers: a micro-batch has the same shape in both layouts, but a packed one holds ~4x
 the real tokens and targets. With a ~156k-row vocabulary the LM head's float32 logits for one chunk of target
-positions (`ttt_model.loss`, up to 1024 × V × 4 bytes, plus their gradient) dominate a small model's peak,
+positions (`ttt_model.core.loss`, up to 1024 × V × 4 bytes, plus their gradient) dominate a small model's peak,
 so the packed peak per micro-batch is higher while its peak per real token is lower; both maxima per
 micro-batch are reported next to it.
 
@@ -62,10 +62,10 @@ from tokenization.codecs.base import CodecIdentity
 from tokenization.sequence import Part, Turn, build_chat, build_document, spans_to_pylist
 from tokenization.text import load_text_tokenizer
 from tokenization.vocab import UnifiedVocab
-from ttt_model.batch import PackedBatch, TtTCollator
-from ttt_model.loss import combine, hybrid_loss_sums
-from ttt_model.model import build_model, forward_hidden, lm_head_weight
-from ttt_model.objective import IGNORE, ObjectiveConfig
+from ttt_model.core.collator import PackedBatch, TtTCollator
+from ttt_model.core.loss import combine, hybrid_loss_sums
+from ttt_model.core.model import build_model, forward_hidden, lm_head_weight
+from ttt_model.core.objective import IGNORE, ObjectiveConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_CONF = ROOT / "workflows" / "conf" / "model"

@@ -1,14 +1,14 @@
 """Training throughput: the project's per-worker optimizer step vs a bare single-process loop, side by side.
 
-Why: the project's trainer (Ray Train → ttt_model/train_loop.py) once ran 3–4× slower than a plain loop over the
+Why: the project's trainer (Ray Train → ttt_model/training/loop.py) once ran 3–4× slower than a plain loop over the
 same model on the same cores. This benchmark keeps that gap visible. Both sides train the same model
 (workflows/conf/model/small.yaml shapes, same initial weights) on the same packed batches, alternating step by
 step in one process, so machine load (the box is shared) hits both sides alike and the ratio is meaningful:
 
-- project: `ttt_model.train_loop.optimizer_step` — the function the real loop calls every step — on a
-  `LossModule` passed through `train_loop.shard` on a one-rank gloo group, as `train=cpu` runs (one float32
+- project: `ttt_model.training.loop.optimizer_step` — the function the real loop calls every step — on a
+  `LossModule` passed through `ttt_model.training.loop.shard` on a one-rank gloo group, as `train=cpu` runs (one float32
   rank: left unwrapped, `project_fsdp2` in the report), with the project's AdamW, grad clipping and scheduler
-  (`ttt_model.optim`) and the `train=cpu` loss settings;
+  (`ttt_model.training.optim`) and the `train=cpu` loss settings;
 - bare: HF `Qwen2ForCausalLM` forward with the same boolean 4-D SDPA mask, plain cross-entropy at the same
   target positions with the same weights and normalisers, `torch.optim.AdamW` step; no FSDP, no process group.
 
@@ -48,16 +48,16 @@ from tokenization.sequence import Part, Turn, build_chat, spans_to_pylist
 from tokenization.text import load_text_tokenizer
 from tokenization.text_subset import subset_tokenizer
 from tokenization.vocab import UnifiedVocab
-from ttt_model.attention import sdpa_mask
-from ttt_model.batch import PackedBatch, TtTCollator
-from ttt_model.loss import global_counts
-from ttt_model.metrics import StepTimer
-from ttt_model.model import build_model
-from ttt_model.objective import KIND_AR, KIND_DIFFUSION, ObjectiveConfig
-from ttt_model.optim import build_optimizer, build_scheduler
-from ttt_model.train_config import parse_settings
-from ttt_model.train_data import step_rows
-from ttt_model.train_loop import LossModule, optimizer_step, shard
+from ttt_model.core.attention import sdpa_mask
+from ttt_model.core.collator import PackedBatch, TtTCollator
+from ttt_model.core.loss import global_counts
+from ttt_model.core.model import build_model
+from ttt_model.core.objective import KIND_AR, KIND_DIFFUSION, ObjectiveConfig
+from ttt_model.training.data import step_rows
+from ttt_model.training.loop import LossModule, optimizer_step, shard
+from ttt_model.training.optim import build_optimizer, build_scheduler
+from ttt_model.training.settings import parse_settings
+from ttt_model.training.telemetry import StepTimer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "workflows" / "conf"

@@ -23,7 +23,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from pipelines.shards import PARQUET_DIR, QUARANTINE_DIR
+from tokenization.shard_format import PARQUET_DIR, QUARANTINE_DIR
 
 SPAN_COLUMNS = ("sample_id", "task", "source", "kind", "start", "end", "len", "role", "is_target",
                 "is_final_in_turn", "turn")
@@ -36,7 +36,7 @@ def _literal(path: Path | str) -> str:
 def _glob(shards_dir: Path, sub: str) -> str:
     files = sorted((shards_dir / sub).glob("*.parquet"))
     if not files:
-        raise FileNotFoundError(f"no Parquet files under {shards_dir / sub} (run `python workflows/tokenize.py` "
+        raise FileNotFoundError(f"no Parquet files under {shards_dir / sub} (run `python workflows/tokenize_data.py` "
                                 "or point --shards / paths.shards at a finished run)")
     return _literal(shards_dir / sub / "*.parquet")
 

@@ -157,9 +157,9 @@ def export_reference(shards_dir: str | Path, out_dir: str | Path, where: str = "
     Files are written beside their final names and renamed at the end, so an interrupted export leaves no
     half-written file under a final name."""
     from pipelines.duck import connect
-    from pipelines.shards import MANIFEST_FILE
     from tokenization.codecs.base import CodecIdentity
     from tokenization.sequence import spans_from_pylist
+    from tokenization.shard_format import MANIFEST_FILE
     from tokenization.vocab import check_compatible, read_manifest
     from tokenization.vocab_factory import make_vocab, manifest_subset
 

@@ -1,11 +1,5 @@
-"""Shard layout, schema and writers (Parquet + WebDataset), byte for byte reproducible.
-
-Layout under `paths.shards`:
-    parquet/part-KKKKK-of-NNNNN.parquet   training samples (schema below), vocab manifest in KV metadata
-    wds/part-KKKKK-of-NNNNN.tar           the same samples as WebDataset: <key>.json (metadata + spans)
-                                          and <key>.npy (input_ids, int32)
-    quarantine/part-KKKKK-of-NNNNN.parquet  rows that could not be used, with stage / error / detail
-    manifest.json                         vocabulary manifest + counts per source and task
+"""Shard writers (Parquet + WebDataset), byte for byte reproducible; the format itself (layout, schema, names) is
+tokenization/shard_format.py.
 
 Samples go to shard `hash(record_id) mod N` (every copy of an up-sampled record lands in the same shard)
 and are sorted by sample_id inside it, so a shard's content depends only on the input, never on task
@@ -28,50 +22,12 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tokenization.sequence import SPAN_ARROW_TYPE
-
-MANIFEST_METADATA_KEY = b"ttt.vocab_manifest"
-PARQUET_DIR, WDS_DIR, QUARANTINE_DIR, MANIFEST_FILE = "parquet", "wds", "quarantine", "manifest.json"
-
-# Columns in file order: small metadata first, the token payload last.
-SHARD_SCHEMA = pa.schema([
-    ("sample_id", pa.string()),  # record_id, or record_id#r<k> for the k-th extra copy of an up-sampled record
-    ("record_id", pa.string()),  # <source>/<corpus id>
-    ("copy", pa.int16()),  # 0 for the original, k for record_id#r<k>
-    ("source", pa.string()),
-    ("kind", pa.string()),  # reader kind
-    ("task", pa.string()),
-    ("language", pa.string()),
-    ("split", pa.string()),
-    ("locator", pa.string()),  # where a human finds the raw data
-    ("speaker", pa.string()),
-    ("n_tokens", pa.int32()),
-    ("n_text_tokens", pa.int32()),
-    ("n_audio_tokens", pa.int32()),
-    ("audio_seconds", pa.float64()),  # all audio in the sample (input + synthesised)
-    ("input_seconds", pa.float64()),  # the record's own audio
-    ("speech_seconds", pa.float64()),  # audio synthesised by TTS
-    ("orig_sample_rate", pa.int32()),  # of the record's own audio (0 = none)
-    ("orig_channels", pa.int16()),
-    ("resampled", pa.bool_()),
-    ("downmixed", pa.bool_()),
-    ("audio_windows", pa.int16()),  # >1 when over-long audio was split into several spans
-    ("tts_voice", pa.string()),
-    ("text", pa.string()),  # reference transcript / answer / document (for evaluation)
-    ("spans", pa.list_(SPAN_ARROW_TYPE)),
-    ("input_ids", pa.list_(pa.int32())),
-])
-METADATA_COLUMNS = [f.name for f in SHARD_SCHEMA if f.name not in ("spans", "input_ids")]
-
-
-def shard_name(index: int, count: int, suffix: str) -> str:
-    return f"part-{index:05d}-of-{count:05d}{suffix}"
+from tokenization.shard_format import MANIFEST_METADATA_KEY, SHARD_SCHEMA, wds_key
 
 
 def num_parts(rows: int, rows_per_part: int) -> int:
@@ -86,16 +42,6 @@ def part_of(record_keys: pa.Array | pa.ChunkedArray, count: int) -> np.ndarray:
     raw = np.frombuffer(keys.buffers()[1], dtype=np.uint8)[keys.offset * 16:(keys.offset + len(keys)) * 16]
     heads = raw.reshape(-1, 16)[:, :8].copy().view(">u8").ravel()
     return (heads % np.uint64(count)).astype(np.int64)
-
-
-def wds_key(sample_id: str) -> str:
-    """A WebDataset key for a sample id: WebDataset splits member names at the first '.', and '/' makes
-    directories, so both are percent-encoded (reversible with `sample_id_of_key`)."""
-    return quote(sample_id, safe="#-_~").replace(".", "%2E")
-
-
-def sample_id_of_key(key: str) -> str:
-    return unquote(key)
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -192,16 +138,7 @@ def write_quarantine_part(table: pa.Table, path: Path, schema: pa.Schema) -> Non
     atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
-def read_vocab_manifest(path: str | Path) -> dict[str, Any]:
-    """The vocabulary manifest stored in a Parquet shard's key-value metadata."""
-    meta = pq.read_schema(path).metadata or {}
-    if MANIFEST_METADATA_KEY not in meta:
-        raise ValueError(f"{path}: no vocabulary manifest in the Parquet metadata")
-    return json.loads(meta[MANIFEST_METADATA_KEY])
-
-
 __all__ = [
-    "MANIFEST_FILE", "MANIFEST_METADATA_KEY", "METADATA_COLUMNS", "PARQUET_DIR", "QUARANTINE_DIR", "SHARD_SCHEMA",
-    "WDS_DIR", "atomic_write", "dedup", "expand_copies", "num_parts", "part_of", "read_vocab_manifest",
-    "sample_id_of_key", "shard_name", "wds_key", "write_parquet_shard", "write_quarantine_part", "write_wds_shard",
+    "atomic_write", "dedup", "expand_copies", "num_parts", "part_of", "write_parquet_shard", "write_quarantine_part",
+    "write_wds_shard",
 ]

@@ -59,15 +59,10 @@ from pipelines import quarantine as q
 from pipelines.ray_runtime import ensure_ray
 from pipelines.records import SourceConfig
 from pipelines.shards import (
-    MANIFEST_FILE,
-    PARQUET_DIR,
-    QUARANTINE_DIR,
-    WDS_DIR,
     atomic_write,
     expand_copies,
     num_parts,
     part_of,
-    shard_name,
     write_parquet_shard,
     write_quarantine_part,
     write_wds_shard,
@@ -76,6 +71,7 @@ from pipelines.tasks import IMPORT_KINDS
 from pipelines.text_vocab import TEXT_VOCABS, corpus_text_tokenizer
 from tokenization.codecs.base import CodecIdentity
 from tokenization.codecs.declared import KIND as DECLARED_KIND
+from tokenization.shard_format import MANIFEST_FILE, PARQUET_DIR, QUARANTINE_DIR, WDS_DIR, shard_name
 from tokenization.vocab import UnifiedVocab, read_manifest, write_manifest
 
 JOB_FORMAT = 2  # bump when staged or shard content changes for the same configuration
@@ -539,7 +535,7 @@ def stage_records(settings: JobSettings, units: Sequence[Sequence[str]], identit
     import ray
     import ray.data
 
-    from pipelines.stages import (
+    from pipelines.tokenize_stages import (
         Encode,
         StagingSink,
         Synthesize,
@@ -638,7 +634,7 @@ def partition_group(batch: pa.Table, *, spill_dir: str, num_shards: int, num_qua
 
 def write_parts(batch: pa.Table, *, spill_dir: str, **kwargs: Any) -> pa.Table:
     """Stage B, one task per part: gather its spill files (none: an empty part) and write it."""
-    from pipelines.stages import STAGED_SCHEMA
+    from pipelines.tokenize_stages import STAGED_SCHEMA
 
     written = []
     for part in batch.column("part").to_pylist():

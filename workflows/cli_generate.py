@@ -150,8 +150,8 @@ def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     from tokenization.audio import write_audio
-    from ttt_model.generate import Message, SpeechLM, answer, read_audio
-    from ttt_model.sampler import SamplerConfig
+    from ttt_model.decoding.sampler import SamplerConfig
+    from ttt_model.decoding.speech_lm import Message, SpeechLM, answer, read_audio
 
     if not args.audio and not (args.text and args.text.strip()):
         return _fail("empty prompt: give --audio and/or --text")

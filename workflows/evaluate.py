@@ -12,22 +12,12 @@ Writes {paths.eval}/<run>/items/*.parquet (every item's outputs, status and erro
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-# Runnable as a script from a checkout that is not pip-installed: the repository root must be importable.
-# Python puts the script's own directory first on sys.path; it must go, because workflows/tokenize.py there
-# would shadow the standard library's `tokenize` (imported lazily by linecache, e.g. for tracebacks).
-_ROOT = str(Path(__file__).resolve().parents[1])
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+import hydra
+from omegaconf import DictConfig, OmegaConf
 
-import hydra  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from pipelines.console import setup_console  # noqa: E402
-from pipelines.eval.jobs import EvalConfigError, run_evaluation  # noqa: E402
+from pipelines.console import setup_console
+from pipelines.eval.jobs import EvalConfigError, run_evaluation
 
 
 def run(cfg: DictConfig) -> dict:

@@ -21,16 +21,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-# Python puts the script's own directory first on sys.path; it must go, because workflows/tokenize.py there
-# would shadow the standard library's `tokenize`. The repository root takes its place.
-_ROOT = str(Path(__file__).resolve().parents[1])
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-import hydra  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+import hydra
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("full_run")
 STAGES = ("prepare", "tokenize", "train", "evaluate", "report")
@@ -43,7 +35,7 @@ def _prepare(cfg: DictConfig) -> Any:
 
 
 def _tokenize(cfg: DictConfig) -> Any:
-    from workflows.tokenize import run
+    from workflows.tokenize_data import run
 
     return run(cfg)
 

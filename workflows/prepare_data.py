@@ -10,23 +10,13 @@ Re-running with the same config is a no-op (the raw dir's prepared.json records 
 
 from __future__ import annotations
 
-import os
-import sys
+import logging
 
-# Runnable as `python workflows/prepare_data.py` from a checkout that is not pip-installed. Python puts the
-# script's directory first on sys.path, where workflows/tokenize.py would shadow the standard library's
-# `tokenize` (imported by logging/linecache): swap that entry for the repository root before any import.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-sys.path.insert(0, os.path.dirname(_HERE))
+import hydra
+from omegaconf import DictConfig
 
-import logging  # noqa: E402
-
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from pipelines.console import setup_console  # noqa: E402
-from pipelines.synthetic.prepare import prepare_from_config  # noqa: E402
+from pipelines.console import setup_console
+from pipelines.synthetic.prepare import prepare_from_config
 
 log = logging.getLogger(__name__)
 

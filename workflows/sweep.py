@@ -43,19 +43,11 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-# Python puts the script's own directory first on sys.path; it must go, because workflows/tokenize.py there
-# would shadow the standard library's `tokenize`. The repository root takes its place.
-_ROOT = str(Path(__file__).resolve().parents[1])
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-import hydra  # noqa: E402
-from hydra.core.global_hydra import GlobalHydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+import hydra
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 OBJECTIVE_GROUP = "objective"
@@ -122,7 +114,7 @@ def _check_samplers(samplers: Sequence[Mapping[str, Any]], base: Mapping[str, An
     """Each sampler setting merged over the sampler group must be a valid SamplerConfig (decode mode, schedule,
     threshold, ...), and no two may share a run id, which the evaluation would refuse after all variants trained."""
     from pipelines.eval.jobs import sampler_slug
-    from ttt_model.sampler import SamplerConfig
+    from ttt_model.decoding.sampler import SamplerConfig
 
     for i, s in enumerate(samplers):
         try:
@@ -249,9 +241,9 @@ def check_recorded_objective(variant: Variant) -> None:
     `objective.p_mix=0.5` added after the sweep trained): it would be resumed from, or reused as finished, and
     evaluated under a config it was not trained with. (Objective changes only: the other settings of a finished
     run are not recorded with it; a digest of the whole config in train.py's final.json would cover them.)"""
-    from ttt_model.checkpoint import load_objective
-    from ttt_model.objective import ObjectiveConfig
-    from ttt_model.train_ckpt import MODEL_DIR
+    from ttt_model.core.model_checkpoint import load_objective
+    from ttt_model.core.objective import ObjectiveConfig
+    from ttt_model.training.resume_checkpoint import MODEL_DIR
 
     run_dir = Path(variant.config["train"]["checkpoint"]["storage_path"]) / variant.run_name
     checkpoints = sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())
@@ -268,7 +260,7 @@ def check_recorded_objective(variant: Variant) -> None:
 @contextmanager
 def _naming(variant: str) -> Iterator[None]:
     """Prefix a TrainConfigError with the variant it is about: six runs share one config and one error stream."""
-    from ttt_model.train_config import TrainConfigError
+    from ttt_model.training.settings import TrainConfigError
 
     try:
         yield
@@ -326,8 +318,8 @@ def plan_variants(cfg: DictConfig | Mapping[str, Any], overrides: Sequence[str] 
     """Validate the sweep and compose every variant's config; nothing runs. `overrides` default to the running
     Hydra app's (pass the same overrides `cfg` was composed with when calling this outside an app). The
     evaluation sources are checked here unless the `prepare` data stage, which writes them, is still to run."""
-    from ttt_model.objective import ObjectiveConfig
-    from ttt_model.train_config import parse_settings
+    from ttt_model.core.objective import ObjectiveConfig
+    from ttt_model.training.settings import parse_settings
 
     plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     app_name, app_overrides = current_overrides()
@@ -374,7 +366,7 @@ def _data_stage(stage: str, cfg: DictConfig) -> None:
 
         prepare(cfg)
     else:
-        from workflows.tokenize import run as tokenize
+        from workflows.tokenize_data import run as tokenize
 
         tokenize(cfg)
 
@@ -388,7 +380,7 @@ def run(cfg: DictConfig | Mapping[str, Any], overrides: Sequence[str] | None = N
     Returns {root, variants: {variant: final.json content}, table, table_json, table_md, seconds}."""
     from pipelines.eval.jobs import TABLE_JSON, TABLE_MD, run_evaluation
     from pipelines.ray_runtime import ensure_ray
-    from ttt_model.train_plan import plan_run
+    from ttt_model.training.plan import plan_run
     from workflows.train import finished_run
     from workflows.train import run as train
 
@@ -443,7 +435,7 @@ def main(cfg: DictConfig) -> None:
     from pipelines.console import setup_console
     from pipelines.eval.jobs import EvalConfigError
     from pipelines.tokenize_job import JobConfigError
-    from ttt_model.train_config import TrainConfigError
+    from ttt_model.training.settings import TrainConfigError
 
     setup_console(cfg, "sweep")
     try:

@@ -1,4 +1,4 @@
-"""Train TtT with Ray Train: the shards -> FSDP2 workers -> checkpoints (ttt_model/train_loop.py).
+"""Train TtT with Ray Train: the shards -> FSDP2 workers -> checkpoints (ttt_model/training/loop.py).
 
     python workflows/train.py                                   # embedded default: 1 CPU worker, 2 threads
     python workflows/train.py train=a100x32 model=qwen2.5-3b model.init=pretrained model.path=/models/Qwen2.5-3B
@@ -19,24 +19,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-# Runnable as a script from a checkout that is not pip-installed: the repository root must be importable.
-# Python puts the script's own directory first on sys.path; it must go, because workflows/tokenize.py there
-# would shadow the standard library's `tokenize` (imported lazily by linecache, e.g. for tracebacks).
-_ROOT = str(Path(__file__).resolve().parents[1])
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+import hydra
+from omegaconf import DictConfig, OmegaConf
 
-import hydra  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from pipelines.console import setup_console, train_log_level, training_progress  # noqa: E402
-from pipelines.ray_runtime import ensure_ray  # noqa: E402
-from ttt_model.train_config import RaySettings, TrainConfigError, parse_settings  # noqa: E402
+from pipelines.console import setup_console, train_log_level, training_progress
+from pipelines.ray_runtime import ensure_ray
+from ttt_model.training.settings import RaySettings, TrainConfigError, parse_settings
 
 if TYPE_CHECKING:
-    from ttt_model.train_plan import RunPlan
+    from ttt_model.training.plan import RunPlan
 
 FINAL_FILE = "final.json"
 
@@ -46,15 +37,30 @@ def init_ray(settings: RaySettings) -> bool:
     return ensure_ray(settings.address, settings.num_cpus, settings.object_store_gb)
 
 
+def train_worker(config: dict[str, Any]) -> None:
+    """What every Ray Train worker runs: console set-up for the driver, then ttt_model's training loop."""
+    import logging
+
+    from pipelines.console import mark_worker_warnings
+    from ttt_model.training.loop import train_loop_per_worker
+
+    # A no-op when Ray Train has configured this worker's root logger (the default); with its worker logging
+    # disabled (RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING=0) this keeps the progress lines on stderr.
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # Warnings print as "WARNING <logger>: ...": the driver's quiet console shows those and sends the per-step
+    # progress lines to the run's log file (pipelines/console.py).
+    mark_worker_warnings()
+    train_loop_per_worker(config)
+
+
 def build_trainer(plan: RunPlan) -> Any:
     """The TorchTrainer of a plan: scaling from `train.scaling`, the shards as the "train" dataset, split
-    across ranks in read order (preserve_order, no locality: the deterministic split of train_data.py)."""
+    across ranks in read order (preserve_order, no locality: the deterministic split of ttt_model/training/data.py)."""
     import ray.data
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from ttt_model.train_data import READ_COLUMNS
-    from ttt_model.train_loop import train_loop_per_worker
+    from ttt_model.training.data import READ_COLUMNS
 
     s = plan.settings
     ingest = DataConfig.default_ingest_options()
@@ -64,7 +70,7 @@ def build_trainer(plan: RunPlan) -> Any:
     if s.data.materialize:
         shards = shards.materialize()
     return TorchTrainer(
-        train_loop_per_worker,
+        train_worker,
         train_loop_config={"plan": plan},
         scaling_config=ScalingConfig(num_workers=s.scaling.num_workers, use_gpu=s.scaling.use_gpu,
                                      resources_per_worker=dict(s.scaling.resources_per_worker),
@@ -99,8 +105,8 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     if "train" in plain:
         parse_settings(plain["train"])  # pure-config mistakes fail here, before torch is even imported
-    from ttt_model.metrics import JSONL_FILE
-    from ttt_model.train_plan import plan_run
+    from ttt_model.training.plan import plan_run
+    from ttt_model.training.telemetry import JSONL_FILE
 
     plan = plan_run(plain)
     done = finished_run(plan)

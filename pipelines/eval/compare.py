@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from pipelines.eval.items import INPUT_ERROR
 from pipelines.eval.judges import VALID
-from pipelines.eval.metrics import compare_to_control, scoring_for, utterance_counts
+from pipelines.eval.scoring import compare_to_control, scoring_for, utterance_counts
 
 # Pairs in the order the paper argues them: the hybrid against each baseline, then the baselines.
 PAPER_PAIRS = (("TtT", "AR baseline"), ("TtT", "NAR baseline"), ("AR baseline", "NAR baseline"))

@@ -48,16 +48,16 @@ from pipelines.console import CONSOLE
 from pipelines.eval.compare import compare_runs
 from pipelines.eval.items import GENERATION_ERROR, INPUT_ERROR, TASKS, load_items
 from pipelines.eval.judges import VALID, Judgment, aggregate, build_judge
-from pipelines.eval.metrics import accuracy_vs_control, derangement, error_rate, error_rate_vs_control
+from pipelines.eval.scoring import accuracy_vs_control, derangement, error_rate, error_rate_vs_control
 from pipelines.eval.table import OBJECTIVE_SYSTEMS, SYSTEM_MODES, build_table, system_label, table_markdown
 from pipelines.ray_runtime import ensure_ray
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 log = logging.getLogger(__name__)
 
-MANIFEST_FILE = "vocab_manifest.json"  # ttt_model.checkpoint.MANIFEST_FILE (not imported: keeps torch out)
-OBJECTIVE_FILE = "objective.json"  # ttt_model.checkpoint.OBJECTIVE_FILE (idem)
-DECODE_MODES = ("auto", "ttt", "ar", "nar")  # ttt_model.sampler.DECODE_MODES (idem)
+MANIFEST_FILE = "vocab_manifest.json"  # ttt_model.core.model_checkpoint.MANIFEST_FILE (not imported: keeps torch out)
+OBJECTIVE_FILE = "objective.json"  # ttt_model.core.model_checkpoint.OBJECTIVE_FILE (idem)
+DECODE_MODES = ("auto", "ttt", "ar", "nar")  # ttt_model.decoding.sampler.DECODE_MODES (idem)
 RESULTS_FILE, ITEMS_DIR, AUDIO_DIR = "results.json", "items", "audio"
 TABLE_JSON, TABLE_MD = "table.json", "table.md"
 
@@ -336,7 +336,7 @@ def load_eval_items(eval_cfg: Mapping[str, Any]) -> tuple[pa.Table, dict[str, in
 def with_control_references(items: pa.Table, seed: int) -> pa.Table:
     """Add `control_references_json`: each item gets the references of another item of its (task, subset)
     (metrics.derangement, in item-id order), so the judge can score every answer against a wrong reference
-    too (the control; pipelines/eval/metrics.py). A set of one item has no control ("[]")."""
+    too (the control; pipelines/eval/scoring.py). A set of one item has no control ("[]")."""
     rows = items.select(["item_id", "task", "subset", "references_json"]).to_pylist()
     groups: dict[tuple[str, str], list[int]] = {}
     for i, r in enumerate(rows):

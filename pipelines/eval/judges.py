@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from pipelines.eval.llm_client import ChatClient, ClientConfig, LlmRequestError
-from pipelines.eval.metrics import CHAR_LANGUAGES, normalize_chars, normalize_english
+from pipelines.eval.scoring import CHAR_LANGUAGES, normalize_chars, normalize_english
 
 VALID = frozenset({"correct", "incorrect", "rated"})
 VERDICTS = ("correct", "incorrect", "rated", "invalid", "unsupported", "error")

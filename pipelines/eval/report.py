@@ -34,7 +34,7 @@ NOT_AVAILABLE = "not available"
 LOSS_HINT = "loss"
 THROUGHPUT_KEYS = ("tokens_per_s", "tokens_per_sec", "tok_per_s", "throughput_tokens_per_s")
 STEP_KEYS = ("step", "global_step", "optimizer_step")
-VALIDATION_PREFIX = "val/"  # held-out loss per task (ttt_model/validation.py)
+VALIDATION_PREFIX = "val/"  # held-out loss per task (ttt_model/training/validation.py)
 
 
 # ---------------------------------------------------------------------------------------------- blocks
@@ -326,7 +326,7 @@ def _interval(ci: Sequence[float] | None, scale: float) -> str:
 
 def control_rows(results: Mapping[str, Any]) -> list[tuple[Cell, ...]]:
     """(set, n, score [95 % CI], control [95 % CI], score - control [95 % CI], verdict) for every score of one
-    evaluated run that has a control (pipelines/eval/metrics.py compare_to_control). WER/CER in percent;
+    evaluated run that has a control (pipelines/eval/scoring.py compare_to_control). WER/CER in percent;
     QA scores as the judge gives them (accuracy in percent)."""
     found: list[tuple[str, float, Mapping[str, Any]]] = []
     for task in ("asr", "tts"):

@@ -39,7 +39,7 @@ JUDGED_FIELDS = [
     ("speech_verdict", pa.string()), ("speech_score", pa.float64()), ("text_verdict", pa.string()),
     ("text_score", pa.float64()), ("judge", pa.string()), ("judge_output_speech", pa.string()),
     ("judge_output_text", pa.string()), ("judge_error", pa.string()),
-    # the same answers judged against another item's references (the control, pipelines/eval/metrics.py)
+    # the same answers judged against another item's references (the control, pipelines/eval/scoring.py)
     ("speech_control_verdict", pa.string()), ("speech_control_score", pa.float64()),
     ("text_control_verdict", pa.string()), ("text_control_score", pa.float64()),
 ]
@@ -71,8 +71,8 @@ class GenerateStage:
                  torch_threads: int | None = None) -> None:
         import torch
 
-        from ttt_model.generate import SpeechLM
-        from ttt_model.sampler import SamplerConfig
+        from ttt_model.decoding.sampler import SamplerConfig
+        from ttt_model.decoding.speech_lm import SpeechLM
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
@@ -84,7 +84,7 @@ class GenerateStage:
     def _conversation(self, row: Mapping[str, Any]) -> list[Any]:
         from pipelines.tasks import prompt_for
         from tokenization.audio import load_audio
-        from ttt_model.generate import Message
+        from ttt_model.decoding.speech_lm import Message
 
         task = row["task"]
         if task == "tts":
@@ -98,7 +98,7 @@ class GenerateStage:
 
     def _answer_all(self, conversations: list[list[Any]]) -> tuple[list[Any], float]:
         """Answers (or the exception per item) and the seconds spent per item (batch time / batch size)."""
-        from ttt_model.generate import answer_batch
+        from ttt_model.decoding.speech_lm import answer_batch
 
         t0 = time.perf_counter()
         try:

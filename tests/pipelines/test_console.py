@@ -96,7 +96,7 @@ def test_worker_output_goes_to_the_file_and_only_what_matters_to_the_console(
     batches = [
         ("RayTrainWorker", ["step 1/20 ep 0 | loss 17.6003 | 224 tok/s | eta 0:03:02",
                             "Reporting training result 1: TrainingReport(checkpoint=None, metrics={'step': 10})",
-                            "WARNING ttt_model.train_loop: epoch 1: a rank ran out of data after 3 of 5 steps",
+                            "WARNING ttt_model.training.loop: epoch 1: a rank ran out of data after 3 of 5 steps",
                             '{"__ray_tqdm_magic_token__": true, "x": 1}']),
         ("TrainController", ["Worker group failed; restarting from the latest checkpoint",
                              "[2026-12-05 15:21:07,513 E 15280 15319] core_worker.cc:2465: Actor with class name: "
@@ -112,7 +112,7 @@ def test_worker_output_goes_to_the_file_and_only_what_matters_to_the_console(
     console._forward({"pid": "raylet", "lines": ["A worker was killed due to memory pressure"]}, raylet.append)
 
     assert capsys.readouterr().err.splitlines() == [
-        "(RayTrainWorker pid=7) WARNING ttt_model.train_loop: epoch 1: a rank ran out of data after 3 of 5 steps",
+        "(RayTrainWorker pid=7) WARNING ttt_model.training.loop: epoch 1: a rank ran out of data after 3 of 5 steps",
         "(TrainController pid=7) Worker group failed; restarting from the latest checkpoint",
         "(MapWorker(MapBatches(Encode)) pid=7) Traceback (most recent call last):",  # shown whole ...
         '(MapWorker(MapBatches(Encode)) pid=7)   File "x.py", line 1, in run',
@@ -135,10 +135,10 @@ def test_training_warnings_are_marked_on_the_worker(clean_logging: None) -> None
         [marked] = logging.getLogger("ray.train").handlers
         assert marked is not ray_console and marked in logging.getLogger().handlers  # one handler, as before
         assert ray_console not in logging.getLogger().handlers
-        info = logging.LogRecord("ttt_model.metrics", logging.INFO, __file__, 1, "step 1/20", None, None)
-        warning = logging.LogRecord("ttt_model.train_loop", logging.WARNING, __file__, 1, "resuming", None, None)
+        info = logging.LogRecord("ttt_model.training.telemetry", logging.INFO, __file__, 1, "step 1/20", None, None)
+        warning = logging.LogRecord("ttt_model.training.loop", logging.WARNING, __file__, 1, "resuming", None, None)
         assert marked.format(info) == "step 1/20"
-        assert marked.format(warning) == "WARNING ttt_model.train_loop: resuming"
+        assert marked.format(warning) == "WARNING ttt_model.training.loop: resuming"
     finally:
         logging.getLogger("ray.train").handlers = []
 

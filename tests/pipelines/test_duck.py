@@ -9,8 +9,9 @@ import pytest
 
 from pipelines import duck
 from pipelines.quarantine import QUARANTINE_SCHEMA
-from pipelines.shards import SHARD_SCHEMA, write_parquet_shard, write_quarantine_part
+from pipelines.shards import write_parquet_shard, write_quarantine_part
 from tokenization.sequence import Span, spans_to_pylist
+from tokenization.shard_format import SHARD_SCHEMA
 
 TASKS = ("asr", "tts", "audio_chat")
 

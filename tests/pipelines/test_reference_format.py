@@ -15,9 +15,9 @@ import yaml
 from pipelines.readers import get_reader
 from pipelines.records import SourceConfig
 from pipelines.reference_format import is_data_config, reference_record, reference_task, sources_from_data_config
-from pipelines.stages import record_of
 from pipelines.tasks import build_sample
 from pipelines.tokenize_job import JobConfigError, load_sources, settings_from_config
+from pipelines.tokenize_stages import record_of
 from tests.pipelines.reference_samples import (
     CAPTION,
     CHATS,

@@ -12,22 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from pipelines.shards import (
-    METADATA_COLUMNS,
-    SHARD_SCHEMA,
-    atomic_write,
-    expand_copies,
-    num_parts,
-    part_of,
-    read_vocab_manifest,
-    sample_id_of_key,
-    wds_key,
-    write_parquet_shard,
-    write_wds_shard,
-)
-from pipelines.stages import STAGED_SCHEMA, record_key
+from pipelines.shards import atomic_write, expand_copies, num_parts, part_of, write_parquet_shard, write_wds_shard
+from pipelines.tokenize_stages import STAGED_SCHEMA, record_key
 from tokenization.codecs.base import CodecIdentity
 from tokenization.sequence import Part, Turn, build_chat, spans_to_pylist
+from tokenization.shard_format import METADATA_COLUMNS, SHARD_SCHEMA, read_vocab_manifest, sample_id_of_key, wds_key
 from tokenization.text import load_text_tokenizer
 from tokenization.vocab import UnifiedVocab
 

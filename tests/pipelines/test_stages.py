@@ -16,7 +16,7 @@ import soundfile as sf
 from pipelines import quarantine as q
 from pipelines.readers import get_reader
 from pipelines.records import SourceConfig, raw_row
-from pipelines.stages import (
+from pipelines.tokenize_stages import (
     READ_SCHEMA,
     DoneSet,
     build_rows,

@@ -275,9 +275,9 @@ def reference(ray_local: Any, codec_cfg: dict[str, Any], tmp_path_factory: pytes
 
 def test_fixture_corpora_end_to_end(reference: Run, codec_cfg: dict[str, Any]) -> None:
     from pipelines import duck
-    from pipelines.shards import read_vocab_manifest
     from tokenization.codecs import build_codec
     from tokenization.sequence import spans_from_pylist, validate_spans
+    from tokenization.shard_format import read_vocab_manifest
     from tokenization.vocab_factory import make_vocab
 
     manifest = reference.report.manifest
@@ -381,7 +381,7 @@ def test_encode_stage_quarantines_only_rows_the_codec_rejects(codec_cfg: dict[st
     import pyarrow as pa
 
     from pipelines.records import raw_row
-    from pipelines.stages import READ_SCHEMA, Encode, classify_raw, decode_audio
+    from pipelines.tokenize_stages import READ_SCHEMA, Encode, classify_raw, decode_audio
 
     clips = speech_clips(tmp_path, ["One two three.", "Four five six."])
     rows = [classify_raw(raw_row(record_id=f"s/{cid}", source="s", kind="lhotse", task="asr", locator=cid,

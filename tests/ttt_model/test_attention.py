@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from torch.nn.attention.flex_attention import create_mask, flex_attention
 
 from tokenization.sequence import Span
-from ttt_model.attention import build_attention, flex_block_mask, mask_mod_for, sdpa_mask
-from ttt_model.objective import plan_targets
+from ttt_model.core.attention import build_attention, flex_block_mask, mask_mod_for, sdpa_mask
+from ttt_model.core.objective import plan_targets
 
 
 def brute_force(doc: list[int], block: list[int]) -> list[list[bool]]:

@@ -1,4 +1,4 @@
-"""Speech in, speech out through `ttt_model.generate`: loading a checkpoint with its codec, prompts from
+"""Speech in, speech out through `ttt_model.decoding.speech_lm`: loading a checkpoint with its codec, prompts from
 text and wav turns, streaming audio, timings, batching, and the errors bad input must give.
 
 The checkpoint is a *scripted* tiny Qwen2: attention and MLP outputs are zeroed, so every position's final
@@ -28,10 +28,18 @@ from tokenization.codecs.base import AudioCodec, CodecIdentity
 from tokenization.sequence import spans_from_ids
 from tokenization.vocab import EOA_FINAL, EOA_USER, SOA, SOA_FINAL, UnifiedVocab, VocabMismatchError
 from tokenization.vocab_factory import make_vocab
-from ttt_model.checkpoint import save_checkpoint
-from ttt_model.generate import AudioOut, Message, SpeechLM, answer, answer_batch, build_prompt, generate_stream
-from ttt_model.model import build_model
-from ttt_model.sampler import AudioBlock, SamplerConfig, SpanEnd, TurnEnd
+from ttt_model.core.model import build_model
+from ttt_model.core.model_checkpoint import save_checkpoint
+from ttt_model.decoding.sampler import AudioBlock, SamplerConfig, SpanEnd, TurnEnd
+from ttt_model.decoding.speech_lm import (
+    AudioOut,
+    Message,
+    SpeechLM,
+    answer,
+    answer_batch,
+    build_prompt,
+    generate_stream,
+)
 
 FRAME = 640  # samples per code at 16 kHz (25 codes/s)
 SCRIPTED = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,

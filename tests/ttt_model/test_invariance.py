@@ -18,9 +18,9 @@ from tokenization.codecs.base import CodecIdentity
 from tokenization.sequence import Part, Turn, build_chat, build_document, spans_to_pylist
 from tokenization.text import load_text_tokenizer
 from tokenization.vocab import UnifiedVocab
-from ttt_model.batch import PackedBatch, TtTCollator
-from ttt_model.model import build_model, forward_hidden, lm_head_weight
-from ttt_model.objective import ObjectiveConfig
+from ttt_model.core.collator import PackedBatch, TtTCollator
+from ttt_model.core.model import build_model, forward_hidden, lm_head_weight
+from ttt_model.core.objective import ObjectiveConfig
 
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "max_position_embeddings": 1024, "tie_word_embeddings": True}

@@ -13,9 +13,9 @@ from tokenization.codecs.base import CodecIdentity
 from tokenization.sequence import Part, Turn, build_chat, spans_to_pylist
 from tokenization.text import load_text_tokenizer
 from tokenization.vocab import UnifiedVocab
-from ttt_model.attention import sdpa_mask
-from ttt_model.batch import PackedBatch, TtTCollator, as_spans
-from ttt_model.loss import (
+from ttt_model.core.attention import sdpa_mask
+from ttt_model.core.collator import PackedBatch, TtTCollator, as_spans
+from ttt_model.core.loss import (
     LossSums,
     chunked_cross_entropy,
     combine,
@@ -23,7 +23,7 @@ from ttt_model.loss import (
     global_counts,
     hybrid_loss_sums,
 )
-from ttt_model.objective import IGNORE, KIND_AR, KIND_DIFFUSION, ObjectiveConfig
+from ttt_model.core.objective import IGNORE, KIND_AR, KIND_DIFFUSION, ObjectiveConfig
 
 torch.set_num_threads(1)
 VOCAB = UnifiedVocab(load_text_tokenizer(), CodecIdentity("test", "1", 25.0, 512, 16000, 16000, "h"))

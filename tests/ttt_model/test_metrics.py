@@ -14,7 +14,7 @@ import pytest
 # loudly rather than the test silently checking something else).
 from ray.train.v2._internal.logging.patch_print import redirected_print
 
-from ttt_model.metrics import format_progress, log_progress
+from ttt_model.training.telemetry import format_progress, log_progress
 
 METRICS = {"loss": 2.5, "loss_ar": 1.5, "loss_diffusion": 1.0, "lr": 3e-4, "grad_norm": 0.8, "tokens_per_s": 1234.0,
            "padding_fraction": 0.05, "step_s": 0.5}

@@ -15,16 +15,16 @@ from tokenization.sequence import Part, Turn, build_chat, spans_to_pylist
 from tokenization.text import load_text_tokenizer
 from tokenization.text_subset import corpus_subset
 from tokenization.vocab import UnifiedVocab, VocabMismatchError
-from ttt_model.batch import TtTCollator
-from ttt_model.checkpoint import save_checkpoint
-from ttt_model.model import (
+from ttt_model.core.collator import TtTCollator
+from ttt_model.core.model import (
     attention_backend,
     build_model,
     forward_hidden,
     lm_head_weight,
     resolve_attn_implementation,
 )
-from ttt_model.objective import ObjectiveConfig
+from ttt_model.core.model_checkpoint import save_checkpoint
+from ttt_model.core.objective import ObjectiveConfig
 
 PRESETS = Path(__file__).resolve().parents[2] / "workflows" / "conf" / "model"
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,

@@ -14,9 +14,9 @@ from tokenization.codecs.base import CodecIdentity
 from tokenization.sequence import Part, Turn, build_chat, build_document, spans_to_pylist
 from tokenization.text import load_text_tokenizer
 from tokenization.vocab import EOA, UnifiedVocab
-from ttt_model.attention import sdpa_mask
-from ttt_model.batch import TtTCollator
-from ttt_model.objective import (
+from ttt_model.core.attention import sdpa_mask
+from ttt_model.core.collator import TtTCollator
+from ttt_model.core.objective import (
     IGNORE,
     KIND_AR,
     KIND_DIFFUSION,
@@ -30,7 +30,7 @@ from ttt_model.objective import (
     noise_sample,
     plan_targets,
 )
-from ttt_model.rng import sample_rng
+from ttt_model.core.rng import sample_rng
 
 VOCAB = UnifiedVocab(load_text_tokenizer(), CodecIdentity("test", "1", 25.0, 512, 16000, 16000, "h"))
 CONF = Path(__file__).resolve().parents[2] / "workflows" / "conf" / "objective"

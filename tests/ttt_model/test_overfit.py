@@ -25,10 +25,10 @@ from tokenization.codecs.base import CodecIdentity
 from tokenization.sequence import Part, Turn, build_chat, build_document, spans_to_pylist
 from tokenization.text import load_text_tokenizer
 from tokenization.vocab import UnifiedVocab
-from ttt_model.batch import PackedBatch, TtTCollator
-from ttt_model.loss import LossSums, combine, hybrid_loss_sums
-from ttt_model.model import build_model, forward_hidden, lm_head_weight
-from ttt_model.objective import IGNORE, ObjectiveConfig
+from ttt_model.core.collator import PackedBatch, TtTCollator
+from ttt_model.core.loss import LossSums, combine, hybrid_loss_sums
+from ttt_model.core.model import build_model, forward_hidden, lm_head_weight
+from ttt_model.core.objective import IGNORE, ObjectiveConfig
 
 STEPS = 200
 ROW = 160

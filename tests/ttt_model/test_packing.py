@@ -9,9 +9,9 @@ from tokenization.codecs.base import CodecIdentity
 from tokenization.sequence import Part, Turn, build_chat, spans_to_pylist, validate_spans
 from tokenization.text import load_text_tokenizer
 from tokenization.vocab import UnifiedVocab
-from ttt_model.batch import TtTCollator
-from ttt_model.objective import IGNORE, ObjectiveConfig
-from ttt_model.packing import fit_to_length, pack
+from ttt_model.core.collator import TtTCollator
+from ttt_model.core.objective import IGNORE, ObjectiveConfig
+from ttt_model.core.packing import fit_to_length, pack
 
 VOCAB = UnifiedVocab(load_text_tokenizer(), CodecIdentity("test", "1", 25.0, 512, 16000, 16000, "h"))
 

@@ -25,10 +25,10 @@ from tokenization.codecs.base import CodecIdentity
 from tokenization.sequence import Part, Turn, build_chat, spans_from_ids, validate_spans
 from tokenization.text import TextTokenizer
 from tokenization.vocab import EOA, EOA_FINAL, SOA, SOA_FINAL, UnifiedVocab
-from ttt_model.kvcache import CachedBackend, Chunk
-from ttt_model.model import build_model
-from ttt_model.objective import plan_targets
-from ttt_model.sampler import (
+from ttt_model.core.model import build_model
+from ttt_model.core.objective import plan_targets
+from ttt_model.decoding.kv_cache import CachedBackend, Chunk
+from ttt_model.decoding.sampler import (
     AudioBlock,
     Generation,
     LogitsContext,
@@ -42,7 +42,7 @@ from ttt_model.sampler import (
     chat_spans,
     prompt_block_ids,
 )
-from ttt_model.sampling import SamplingParams, commit_schedule, filter_logits, select_commits
+from ttt_model.decoding.token_sampling import SamplingParams, commit_schedule, filter_logits, select_commits
 
 CONF = Path(__file__).resolve().parents[2] / "workflows" / "conf" / "sampler" / "default.yaml"
 TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,

@@ -28,8 +28,8 @@ from tests.ttt_model.test_sampler import (
 )
 from tokenization.sequence import Part, Turn, build_chat, spans_from_ids, validate_spans
 from tokenization.vocab import EOA, EOA_FINAL, EOA_USER, SOA, SOA_FINAL, UnifiedVocab
-from ttt_model.objective import plan_targets
-from ttt_model.sampler import (
+from ttt_model.core.objective import plan_targets
+from ttt_model.decoding.sampler import (
     AudioBlock,
     LogitsContext,
     SamplerConfig,
@@ -41,7 +41,7 @@ from ttt_model.sampler import (
     prompt_block_ids,
     resolve_decode,
 )
-from ttt_model.sampling import SamplingParams
+from ttt_model.decoding.token_sampling import SamplingParams
 
 AR = SamplerConfig(block_length=8, steps_per_block=3, max_span=20, max_new_tokens=90, decode="ar")
 NAR = SamplerConfig(block_length=8, steps_per_block=3, max_span=20, max_new_tokens=60, decode="nar")

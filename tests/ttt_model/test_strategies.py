@@ -11,10 +11,10 @@ from tokenization.codecs.base import CodecIdentity
 from tokenization.sequence import Part, Turn, build_chat, build_document, spans_to_pylist, validate_spans
 from tokenization.text import load_text_tokenizer
 from tokenization.vocab import UnifiedVocab
-from ttt_model.batch import PackedBatch, TtTCollator, as_spans
-from ttt_model.objective import IGNORE, ObjectiveConfig, plan_targets
-from ttt_model.rng import sample_rng
-from ttt_model.strategies import (
+from ttt_model.core.collator import PackedBatch, TtTCollator, as_spans
+from ttt_model.core.objective import IGNORE, ObjectiveConfig, plan_targets
+from ttt_model.core.rng import sample_rng
+from ttt_model.core.strategies import (
     apply_sst,
     diffused_spans,
     draw_banom,

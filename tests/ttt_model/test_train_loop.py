@@ -21,14 +21,15 @@ from tokenization.codecs.base import CodecIdentity
 from tokenization.sequence import SPAN_ARROW_TYPE, Part, Turn, build_chat, spans_to_pylist
 from tokenization.text import load_text_tokenizer
 from tokenization.vocab import UnifiedVocab
-from ttt_model.batch import TtTCollator
-from ttt_model.checkpoint import load_checkpoint
-from ttt_model.loss import combine, global_counts
-from ttt_model.metrics import FlopsModel, MetricSinks, StepTimer, format_progress, mfu, read_jsonl
-from ttt_model.model import build_model
-from ttt_model.objective import ObjectiveConfig
-from ttt_model.optim import build_optimizer, build_scheduler, split_decay, warmup_steps
-from ttt_model.train_ckpt import (
+from ttt_model.core.collator import TtTCollator
+from ttt_model.core.loss import combine, global_counts
+from ttt_model.core.model import build_model
+from ttt_model.core.model_checkpoint import load_checkpoint
+from ttt_model.core.objective import ObjectiveConfig
+from ttt_model.training.data import Prefetcher, arrow_rows, micro_batches, rank_stream, shuffled, step_rows
+from ttt_model.training.loop import LossModule, batch_shape_stats, optimizer_step, shard
+from ttt_model.training.optim import build_optimizer, build_scheduler, split_decay, warmup_steps
+from ttt_model.training.resume_checkpoint import (
     TrainState,
     load_train_state,
     restore_optimizer,
@@ -36,9 +37,8 @@ from ttt_model.train_ckpt import (
     rng_state,
     save_train_checkpoint,
 )
-from ttt_model.train_config import TrainConfigError, parse_settings, steps_per_epoch, total_steps
-from ttt_model.train_data import Prefetcher, arrow_rows, micro_batches, rank_stream, shuffled, step_rows
-from ttt_model.train_loop import LossModule, batch_shape_stats, optimizer_step, shard
+from ttt_model.training.settings import TrainConfigError, parse_settings, steps_per_epoch, total_steps
+from ttt_model.training.telemetry import FlopsModel, MetricSinks, StepTimer, format_progress, mfu, read_jsonl
 
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "max_position_embeddings": 1024, "tie_word_embeddings": True}

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from tests.ttt_model.test_loss import DATA, VOCAB, ToyLM, compact, model  # noqa: F401 - model is a fixture
-from ttt_model.batch import PackedBatch, TtTCollator
-from ttt_model.loss import LossSums, combine, global_counts, hybrid_loss_sums
-from ttt_model.objective import ObjectiveConfig
-from ttt_model.validation import is_validation, read_validation_rows, task_losses, utterance_key
+from ttt_model.core.collator import PackedBatch, TtTCollator
+from ttt_model.core.loss import LossSums, combine, global_counts, hybrid_loss_sums
+from ttt_model.core.objective import ObjectiveConfig
+from ttt_model.training.validation import is_validation, read_validation_rows, task_losses, utterance_key
 
 
 def test_every_view_of_an_utterance_falls_on_the_same_side() -> None:

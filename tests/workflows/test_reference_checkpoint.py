@@ -29,8 +29,8 @@ from tokenization.codecs.base import AudioCodec, CodecIdentity
 from tokenization.text import bundled_tokenizer_dir
 from tokenization.vocab import AUDIO_TAG, EOA, EOA_FINAL, EOA_USER, MASK, SOA, SOA_FINAL
 from tokenization.vocab_factory import make_vocab
-from ttt_model.checkpoint import save_checkpoint
-from ttt_model.model import build_model
+from ttt_model.core.model import build_model
+from ttt_model.core.model_checkpoint import save_checkpoint
 from workflows import cli_generate
 
 ROOT = Path(__file__).resolve().parents[2]

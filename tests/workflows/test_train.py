@@ -27,15 +27,16 @@ from ray.train import WorkerGroupError
 from safetensors.torch import load_file
 from transformers import Qwen2ForCausalLM
 
-from pipelines.shards import MANIFEST_FILE, PARQUET_DIR, write_parquet_shard
+from pipelines.shards import write_parquet_shard
 from tokenization.codecs.base import CodecIdentity
 from tokenization.sequence import SPAN_ARROW_TYPE, Part, Turn, build_chat, build_document, spans_to_pylist
+from tokenization.shard_format import MANIFEST_FILE, PARQUET_DIR
 from tokenization.text import load_text_tokenizer
 from tokenization.vocab import UnifiedVocab, write_manifest
-from ttt_model.checkpoint import load_checkpoint, load_objective, save_checkpoint
-from ttt_model.metrics import read_jsonl
-from ttt_model.model import build_model
-from ttt_model.train_config import TrainConfigError, parse_settings
+from ttt_model.core.model import build_model
+from ttt_model.core.model_checkpoint import load_checkpoint, load_objective, save_checkpoint
+from ttt_model.training.settings import TrainConfigError, parse_settings
+from ttt_model.training.telemetry import read_jsonl
 from workflows.train import run
 
 ROOT = Path(__file__).resolve().parents[2]

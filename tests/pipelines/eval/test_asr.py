@@ -18,7 +18,7 @@ from pipelines.eval.asr import (
     resolve_model_path,
     to_asr_input,
 )
-from pipelines.eval.metrics import error_rate
+from pipelines.eval.scoring import error_rate
 
 
 def test_tiny_en_transcribes_piper_speech() -> None:

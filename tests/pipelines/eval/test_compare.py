@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.eval.compare import compare_pair, compare_runs, compare_systems, comparisons_markdown, item_scores
-from pipelines.eval.metrics import error_rate
+from pipelines.eval.scoring import error_rate
 from pipelines.eval.table import build_table, system_label, table_markdown
 
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "near", "my", "small", "green", "house"]

@@ -58,8 +58,8 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     from tokenization.vocab import EOA_FINAL, SOA_FINAL
     from tokenization.vocab_factory import make_vocab
-    from ttt_model.checkpoint import save_checkpoint
-    from ttt_model.model import build_model
+    from ttt_model.core.model import build_model
+    from ttt_model.core.model_checkpoint import save_checkpoint
 
     vocab = make_vocab("bundled:qwen", ToneCodec().identity, "compact")
     model = build_model({"init": "random", "attn_implementation": "sdpa", "config": {

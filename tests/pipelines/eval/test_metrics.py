@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipelines.eval.metrics import (
+from pipelines.eval.scoring import (
     bootstrap_interval,
     error_rate,
     normalize_chars,
@@ -92,7 +92,7 @@ def test_bootstrap_interval_brackets_the_rate_and_is_deterministic() -> None:
 # ---- controls: the same outputs against references shuffled across items --------------------------------
 
 def test_derangement_has_no_fixed_point_and_is_seeded() -> None:
-    from pipelines.eval.metrics import derangement
+    from pipelines.eval.scoring import derangement
 
     for n in (2, 3, 10, 101):
         for seed in range(5):
@@ -109,7 +109,7 @@ SENTENCES = [f"the {a} {b} saw a {c} ball" for a in ("red", "big", "old", "small
 
 
 def test_a_perfect_recogniser_beats_its_control() -> None:
-    from pipelines.eval.metrics import error_rate_vs_control
+    from pipelines.eval.scoring import error_rate_vs_control
 
     out = error_rate_vs_control(SENTENCES, SENTENCES, "en", bootstrap=500)
     assert out["score"] == 0.0 and out["control"] > 0.2
@@ -118,7 +118,7 @@ def test_a_perfect_recogniser_beats_its_control() -> None:
 
 
 def test_an_answer_that_ignores_its_input_does_not_beat_its_control() -> None:
-    from pipelines.eval.metrics import accuracy_vs_control, error_rate_vs_control
+    from pipelines.eval.scoring import accuracy_vs_control, error_rate_vs_control
 
     out = error_rate_vs_control(SENTENCES, ["the red dog saw a green ball"] * len(SENTENCES), "en", bootstrap=500)
     assert out["score"] == pytest.approx(out["control"], abs=0.05) and not out["beats_control"]

@@ -4,7 +4,7 @@ FLOPs (model FLOPs, so activation recomputation does not inflate MFU), per optim
 backward = 3 × forward:
 - body: 6 × N_body per real token, N_body = parameters outside the embedding / LM head;
 - LM head: 6 × H × V per target position. The loss gathers the hidden states of target positions before
-  the head (ttt_model.loss), so prompt tokens and padding cost nothing there;
+  the head (ttt_model.core.loss), so prompt tokens and padding cost nothing there;
 - attention scores: per layer and packed sample of n tokens, QKᵀ and AV over the ~n²/2 causal pairs cost
   2 × n² × d_q forward, so 6 × n² × d_q with the backward. Packed samples never attend to each other, so
   the sum runs over samples, not rows (this is what packing saves over the reference's padded rows).

@@ -22,7 +22,7 @@ Then one all-reduce of the step's statistics, the metric sinks and progress line
 carries the checkpoint when one is due. The run ends with a checkpoint.
 
 Messages go through `logging` rather than `print`, which Ray Train's print patch would echo twice to the
-driver (ttt_model.metrics explains how).
+driver (ttt_model.training.telemetry explains how).
 """
 
 from __future__ import annotations
@@ -44,10 +44,23 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from pipelines.console import mark_worker_warnings
-from ttt_model.batch import PackedBatch, TtTCollator
-from ttt_model.loss import LossSums, combine, diffusion_vocab, global_counts, hybrid_loss_sums
-from ttt_model.metrics import (
+from ttt_model.core.collator import PackedBatch, TtTCollator
+from ttt_model.core.loss import LossSums, combine, diffusion_vocab, global_counts, hybrid_loss_sums
+from ttt_model.core.model import build_model, forward_hidden, lm_head_weight
+from ttt_model.core.objective import ObjectiveConfig
+from ttt_model.training.data import READ_COLUMNS, Prefetcher, StepRows, rank_stream, training_vocab
+from ttt_model.training.optim import build_optimizer, build_scheduler
+from ttt_model.training.plan import RunPlan
+from ttt_model.training.resume_checkpoint import (
+    MODEL_DIR,
+    TrainState,
+    load_train_state,
+    restore_optimizer,
+    restore_rng,
+    save_train_checkpoint,
+)
+from ttt_model.training.settings import ParallelSettings
+from ttt_model.training.telemetry import (
     FlopsModel,
     MetricSinks,
     MlflowSink,
@@ -57,21 +70,7 @@ from ttt_model.metrics import (
     peak_flops,
     rewind_jsonl,
 )
-from ttt_model.model import build_model, forward_hidden, lm_head_weight
-from ttt_model.objective import ObjectiveConfig
-from ttt_model.optim import build_optimizer, build_scheduler
-from ttt_model.train_ckpt import (
-    MODEL_DIR,
-    TrainState,
-    load_train_state,
-    restore_optimizer,
-    restore_rng,
-    save_train_checkpoint,
-)
-from ttt_model.train_config import ParallelSettings
-from ttt_model.train_data import READ_COLUMNS, Prefetcher, StepRows, rank_stream, training_vocab
-from ttt_model.train_plan import RunPlan
-from ttt_model.validation import read_validation_rows, task_losses
+from ttt_model.training.validation import read_validation_rows, task_losses
 
 logger = logging.getLogger(__name__)
 
@@ -319,7 +318,7 @@ class TrainWorker:
             log_progress(state.step, self.plan.total_steps, state.epoch, metrics, self._eta(step_s))
 
     def _validation(self) -> dict[str, float]:
-        """Held-out loss per task (ttt_model/validation.py), a collective over all ranks."""
+        """Held-out loss per task (ttt_model/training/validation.py), a collective over all ranks."""
         losses = task_losses(self.module, self.val_collator, self.val_rows, self.s.batch.micro_size, self.rank,
                              self.world, self.device)
         return {f"val/{task}/{term}": value for task, terms in losses.items() for term, value in terms.items()}
@@ -461,12 +460,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
 
     plan: RunPlan = config["plan"]
-    # A no-op when Ray Train has configured this worker's root logger (the default); with its worker logging
-    # disabled (RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING=0) this keeps the progress lines on stderr.
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    # Warnings print as "WARNING <logger>: ...": the driver's quiet console shows those and sends the per-step
-    # progress lines to the run's log file (pipelines/console.py).
-    mark_worker_warnings()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if plan.settings.scaling.threads_per_worker > 0:

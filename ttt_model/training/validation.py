@@ -4,13 +4,13 @@ Which samples: a stable hash of the *utterance* (the sample id without its sourc
 puts a fixed `fraction` of the shards aside. Hashing the utterance, not the sample, matters: one recording
 is often several samples (`librispeech/84-121123-0000` as ASR and `librispeech_tts/84-121123-0000` as TTS),
 and a held-out ASR sample whose audio and text train the TTS task would not be held out. Training skips
-these rows (`ttt_model.train_data.rank_stream`); every `every_steps` steps all ranks compute the loss of the
+these rows (`ttt_model.training.data.rank_stream`); every `every_steps` steps all ranks compute the loss of the
 same validation rows, per task, and rank 0 logs `val/<task>/ar` and `val/<task>/diffusion`.
 
 What the numbers are: the training objective (strategies and noising included) on unseen samples, with the
 noise drawn once (a fixed epoch of the collator's per-sample streams), so two points of a curve differ only
 by the model. AR loss = mean CE per text target; diffusion loss = the 1/p-weighted masked CE per maskable
-audio token, as in training (ttt_model.loss).
+audio token, as in training (ttt_model.core.loss).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
-from ttt_model.batch import PackedBatch
-from ttt_model.loss import LossSums, global_counts
+from ttt_model.core.collator import PackedBatch
+from ttt_model.core.loss import LossSums, global_counts
 
 VALIDATION_EPOCH = 0  # the collator's noise streams of this epoch, at every evaluation
 _REPEAT = re.compile(r"#r\d+$")  # up-sampled copies of a record (pipelines.records: <record_id>#r<k>)

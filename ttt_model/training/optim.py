@@ -25,7 +25,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import get_scheduler
 
-from ttt_model.train_config import OptimSettings
+from ttt_model.training.settings import OptimSettings
 
 
 def split_decay(named_params: Iterable[tuple[str, torch.nn.Parameter]]

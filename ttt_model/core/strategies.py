@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from tokenization.sequence import Span
-from ttt_model.objective import ObjectiveConfig
+from ttt_model.core.objective import ObjectiveConfig
 
 
 @dataclass(frozen=True)

@@ -492,7 +492,7 @@ def build_rows(batch: pa.Table, *, text_tokenizer: str, codec_identity: Mapping[
     record, whatever its status). `text_subset`: the corpus-sized text vocabulary's base ids (or empty).
 
     A sample longer than `max_sample_tokens` (the training row; None: no limit) is dropped (`longer_than_row`),
-    so it is counted here: the trainer would keep only a prefix of it (ttt_model/packing.py::fit_to_length),
+    so it is counted here: the trainer would keep only a prefix of it (ttt_model/core/packing.py::fit_to_length),
     which cuts a chat where its answer is (an ASR transcript cut short, a TTS target span left out whole)."""
     identity = CodecIdentity(**codec_identity)
     vocab = make_vocab(text_tokenizer, identity, layout, tuple(text_subset))

@@ -1,30 +1,18 @@
 """The Ray Data tokenize job: configured corpora -> Parquet + WebDataset shards (pipelines/tokenize_job.py).
 
-    python workflows/tokenize.py                                # embedded corpora -> runs/local/shards
-    python workflows/tokenize.py data.sources_file=my_sources.yaml paths.root=/nfs/ttt/run1
-    python workflows/tokenize.py data.job.address=auto          # on a running Ray cluster (or RAY_ADDRESS)
-    python workflows/tokenize.py force=true                     # rebuild although the shards are up to date
+    python workflows/tokenize_data.py                                # embedded corpora -> runs/local/shards
+    python workflows/tokenize_data.py data.sources_file=my_sources.yaml paths.root=/nfs/ttt/run1
+    python workflows/tokenize_data.py data.job.address=auto          # on a running Ray cluster (or RAY_ADDRESS)
+    python workflows/tokenize_data.py force=true                     # rebuild although the shards are up to date
 
 Re-running an interrupted job resumes it; re-running a finished one is a no-op (manifest fingerprint).
 
-This file shares its name with the standard library's `tokenize`, and a script's directory comes first on
-sys.path, so `import tokenize` (logging -> traceback -> linecache does it) in any script run from
-workflows/ -- this one included -- finds this file. Imported under that name, it loads the standard module
-and puts it in its place, so importers get the real one; nothing below runs for them.
+(Named `workflows/tokenize.py` before 2026-12-05: that name shadowed the standard library's `tokenize`.)
 """
 
 from __future__ import annotations
 
 import sys
-
-if __name__ == "tokenize":
-    import importlib.util
-    import sysconfig
-
-    _spec = importlib.util.spec_from_file_location("tokenize", f"{sysconfig.get_path('stdlib')}/tokenize.py")
-    _stdlib_tokenize = importlib.util.module_from_spec(_spec)
-    sys.modules["tokenize"] = _stdlib_tokenize  # the import system hands importers what is here afterwards
-    _spec.loader.exec_module(_stdlib_tokenize)
 
 
 def run(cfg: object) -> object:
@@ -62,10 +50,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from pathlib import Path
-
-    # Runnable from a checkout that is not pip-installed: the repository root must be importable.
-    _root = str(Path(__file__).resolve().parents[1])
-    if _root not in sys.path:
-        sys.path.insert(0, _root)
     main()

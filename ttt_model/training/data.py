@@ -38,12 +38,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.shards import MANIFEST_FILE, PARQUET_DIR, read_vocab_manifest
 from tokenization.codecs.base import CodecIdentity
+from tokenization.shard_format import MANIFEST_FILE, PARQUET_DIR, read_vocab_manifest
 from tokenization.vocab import UnifiedVocab, VocabMismatchError, check_compatible, read_manifest
 from tokenization.vocab_factory import make_vocab, manifest_subset
-from ttt_model.train_config import TrainConfigError, TrainSettings
-from ttt_model.validation import is_validation
+from ttt_model.training.settings import TrainConfigError, TrainSettings
+from ttt_model.training.validation import is_validation
 
 READ_COLUMNS = ("sample_id", "task", "input_ids", "spans")  # all the collator needs (task: its loss weight)
 
@@ -70,8 +70,8 @@ def discover_shards(shards_dir: str | Path, max_tokens: int, count_tokens: bool)
     root = Path(shards_dir).expanduser().resolve()
     manifest_path = root / MANIFEST_FILE
     if not manifest_path.is_file():
-        raise TrainConfigError(f"no shards at {root}: {MANIFEST_FILE} is missing (run `python workflows/tokenize.py` "
-                               "first, or set paths.shards)")
+        raise TrainConfigError(f"no shards at {root}: {MANIFEST_FILE} is missing (run `python "
+                               "workflows/tokenize_data.py` first, or set paths.shards)")
     manifest = read_manifest(manifest_path)
     files = sorted((root / PARQUET_DIR).glob("*.parquet"))
     if not files:
@@ -194,7 +194,7 @@ def step_rows(rows: Iterable[Row], s: TrainSettings) -> Iterator[StepRows]:
 def rank_stream(batches: Iterable[pa.Table], s: TrainSettings, epoch: int, rank: int,
                 skip_rows: int) -> Iterator[StepRows]:
     """One rank's steps for one epoch from its shard's Arrow batches, after skipping `skip_rows` rows of the
-    shuffled order (the rows it consumed before a checkpoint). Validation rows (ttt_model.validation) are
+    shuffled order (the rows it consumed before a checkpoint). Validation rows (ttt_model.training.validation) are
     left out before the shuffle, so the order and the resume position do not depend on them."""
     fraction = s.validation.fraction
     rows = (row for table in batches for row in arrow_rows(table) if not is_validation(row["sample_id"], fraction))

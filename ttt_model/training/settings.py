@@ -48,7 +48,7 @@ class OptimSettings:
 
 @dataclass(frozen=True)
 class LossSettings:
-    chunk_size: int = 1024  # target positions per LM-head chunk (ttt_model.loss)
+    chunk_size: int = 1024  # target positions per LM-head chunk (ttt_model.core.loss)
     checkpoint: bool = False  # recompute head chunks in backward instead of keeping their logits
 
 
@@ -98,7 +98,7 @@ class LoggingSettings:
 
 @dataclass(frozen=True)
 class ValidationSettings:
-    """Held-out loss per task while training (ttt_model/validation.py): `fraction` of the utterances never
+    """Held-out loss per task while training (ttt_model/training/validation.py): `fraction` of the utterances never
     train; every `every_steps` steps (and at the end) the loss of up to `max_per_task` of them per task is
     logged as val/<task>/ar and val/<task>/diffusion. fraction 0 or every_steps 0 = off."""
 

@@ -11,7 +11,7 @@ Every backend is derived from `allowed`, so the CPU mask and the CUDA block mask
   span `[opener, codes..., closer]`: audio attends bidirectionally inside its span and causally to
   everything before it; text is causal. Nothing attends to the future outside its own block. Block-causal
   audio spans (objective `audio_attention: block_causal`) need no other predicate: each run of `audio_block`
-  tokens of a span gets its own block id (ttt_model/objective.py `span_blocks`), and consecutive blocks are
+  tokens of a span gets its own block id (ttt_model/core/objective.py `span_blocks`), and consecutive blocks are
   then causal to each other by the `k <= q` term.
 - `q == k` lets a padding query attend to itself: a fully masked softmax row is NaN in SDPA, and a NaN
   in the forward pass poisons the backward pass even where the loss weight is zero.

@@ -23,13 +23,13 @@ import torch
 
 from tokenization.vocab import UnifiedVocab, read_manifest
 from tokenization.vocab_factory import vocab_settings
-from ttt_model.checkpoint import MANIFEST_FILE
-from ttt_model.model import build_model
-from ttt_model.objective import ObjectiveConfig
-from ttt_model.train_ckpt import MODEL_DIR
-from ttt_model.train_config import TrainConfigError, TrainSettings, parse_settings, steps_per_epoch, total_steps
-from ttt_model.train_data import ShardSet, check_vocab, discover_shards, training_vocab
-from ttt_model.validation import is_validation
+from ttt_model.core.model import build_model
+from ttt_model.core.model_checkpoint import MANIFEST_FILE
+from ttt_model.core.objective import ObjectiveConfig
+from ttt_model.training.data import ShardSet, check_vocab, discover_shards, training_vocab
+from ttt_model.training.resume_checkpoint import MODEL_DIR
+from ttt_model.training.settings import TrainConfigError, TrainSettings, parse_settings, steps_per_epoch, total_steps
+from ttt_model.training.validation import is_validation
 
 
 @dataclass(frozen=True)

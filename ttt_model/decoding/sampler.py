@@ -1,13 +1,13 @@
 """Decoding for the three training objectives of Table 1 (`SamplerConfig.decode`: ttt | ar | nar | auto).
 
-Each checkpoint must be decoded the way it was trained (ttt_model/objective.py `mode`); `auto` takes the mode the
-checkpoint records (ttt_model/checkpoint.py `objective.json`), TtT when it records none. The mask a decoder
+Each checkpoint must be decoded the way it was trained (ttt_model/core/objective.py `mode`); `auto` takes the mode the
+checkpoint records (ttt_model/core/model_checkpoint.py `objective.json`), TtT when it records none. The mask a decoder
 attends with is the training mask by construction: `prompt_block_ids` runs the objective's own `plan_targets`
 over the prompt's chat structure (`chat_spans`), and every chunk below extends it exactly as training would
 see the finished sequence. The TtT decoder (paper Algorithm 1) is described first; `ArDecodeRun` and
 `NarDecodeRun` (the baselines) say how they differ.
 
-Conventions are the training ones (ttt_model/objective.py, tokenization/sequence.py): the logits at position
+Conventions are the training ones (ttt_model/core/objective.py, tokenization/sequence.py): the logits at position
 i predict token i + 1, for text and masked audio alike; an audio span [opener, codes..., closer] is one
 bidirectional block that includes its opener (or, for a checkpoint trained with `audio_attention:
 block_causal`, blocks of `audio_block` tokens, causal to each other; see below); text is causal; nothing
@@ -35,11 +35,11 @@ attends to the future outside its own block. Per row of a batch, decoding is a s
   not yet cached (`DecodeRun._span_chunk`). Everything else (schedule, threshold, early termination) is as
   above.
 
-Two interchangeable backends compute the hidden states: `CachedBackend` (ttt_model/kvcache.py; ragged KV
+Two interchangeable backends compute the hidden states: `CachedBackend` (ttt_model/decoding/kv_cache.py; ragged KV
 cache, one-token text steps, span-only diffusion steps) and `RecomputeBackend` here, the reference's
 method: the full sequence re-run for every token and every diffusion step under the training mask
-(`ttt_model.attention.sdpa_mask`). The oracle exists to prove the fast path exact: in greedy mode both
-produce the same tokens. All token choices (sampling.py) are shared, so any difference is the cache's.
+(`ttt_model.core.attention.sdpa_mask`). The oracle exists to prove the fast path exact: in greedy mode both
+produce the same tokens. All token choices (token_sampling.py) are shared, so any difference is the cache's.
 
 `logits_processor(context, logits) -> logits` is a generic hook called before every choice (per row): text
 logits are [1, V] over vocabulary ids, audio logits [m, C + 1] over `context.column_ids` (codes, then the
@@ -60,11 +60,11 @@ from transformers import Qwen2ForCausalLM
 
 from tokenization.sequence import Span, spans_from_ids
 from tokenization.vocab import EOA, EOA_FINAL, IM_END, IM_START, SOA, SOA_FINAL, UnifiedVocab
-from ttt_model.attention import sdpa_mask
-from ttt_model.kvcache import CachedBackend, Chunk
-from ttt_model.model import attention_backend
-from ttt_model.objective import MODES, ObjectiveConfig, plan_targets, span_blocks
-from ttt_model.sampling import SamplingParams, choose, commit_schedule, select_commits
+from ttt_model.core.attention import sdpa_mask
+from ttt_model.core.model import attention_backend
+from ttt_model.core.objective import MODES, ObjectiveConfig, plan_targets, span_blocks
+from ttt_model.decoding.kv_cache import CachedBackend, Chunk
+from ttt_model.decoding.token_sampling import SamplingParams, choose, commit_schedule, select_commits
 
 BACKENDS = ("cache", "recompute")
 DECODE_MODES = ("auto", *MODES)
@@ -490,7 +490,7 @@ class DecodeRun:
 
         Bidirectional: the whole span every step (nothing of it is final before its closer); the closing pass
         commits it. Block-causal (block length B): span tokens [jB, (j + 1)B) form attention block j, whose
-        positions predict decoding block j (codes jB + 1 .. (j + 1)B, ttt_model/objective.py), so a step of
+        positions predict decoding block j (codes jB + 1 .. (j + 1)B, ttt_model/core/objective.py), so a step of
         block j runs that attention block only; code (j + 1)B is predicted inside it and seen by none of it.
         The first step of block j also carries the now final attention block j - 1 in front and keeps it
         (a finished block goes into the cache in the same pass, never to be recomputed); the closing pass

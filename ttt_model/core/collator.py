@@ -19,7 +19,7 @@ import torch
 
 from tokenization.sequence import Span
 from tokenization.vocab import UnifiedVocab
-from ttt_model.objective import (
+from ttt_model.core.objective import (
     IGNORE,
     NoisedSample,
     ObjectiveConfig,
@@ -29,9 +29,9 @@ from ttt_model.objective import (
     noise_sample,
     plan_targets,
 )
-from ttt_model.packing import fit_to_length, pack
-from ttt_model.rng import sample_rng
-from ttt_model.strategies import (
+from ttt_model.core.packing import fit_to_length, pack
+from ttt_model.core.rng import sample_rng
+from ttt_model.core.strategies import (
     StrategyDraw,
     apply_sst,
     diffused_spans,

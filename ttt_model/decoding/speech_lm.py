@@ -13,7 +13,7 @@ starts after the first block instead of the end of the turn. `answer` collects o
 
 The decoder follows the checkpoint's recorded training objective (`objective.json`; sampler `decode: auto`):
 a TtT checkpoint gets AR text + diffusion spans (block-causal ones when it was trained with them), an AR or NAR
-baseline its own decoder (ttt_model/sampler.py).
+baseline its own decoder (ttt_model/decoding/sampler.py).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from tokenization.sequence import Part, Turn, build_chat
 from tokenization.text import BUNDLED
 from tokenization.vocab import UnifiedVocab, check_compatible, read_manifest
 from tokenization.vocab_factory import make_vocab, manifest_subset
-from ttt_model.checkpoint import MANIFEST_FILE, load_checkpoint, load_objective
-from ttt_model.sampler import (
+from ttt_model.core.model_checkpoint import MANIFEST_FILE, load_checkpoint, load_objective
+from ttt_model.decoding.sampler import (
     AudioBlock,
     DecodeRun,
     Event,

@@ -13,9 +13,9 @@ padding anywhere), and a forward over a chunk writes the chunk's keys at [length
 
 A chunk's queries see every committed key of their row (the prefix is always complete: text is causal and
 an audio span is one block, or block-causal a run of blocks that are causal to each other, so nothing inside
-a chunk may be seen by anything before it) and, inside the chunk, what `ttt_model.attention.allowed` permits
+a chunk may be seen by anything before it) and, inside the chunk, what `ttt_model.core.attention.allowed` permits
 for the chunk's own block ids. That is exactly the training mask restricted to the new rows of the sequence,
-which is why cached decoding reproduces the full-recompute oracle (`ttt_model.sampler.RecomputeBackend`)
+which is why cached decoding reproduces the full-recompute oracle (`ttt_model.decoding.sampler.RecomputeBackend`)
 token for token.
 
 `RaggedKVCache` duck-types the one `Cache` method Qwen2 attention calls (`update`); Qwen2Model consults
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from transformers import Qwen2ForCausalLM
 
-from ttt_model.attention import allowed
+from ttt_model.core.attention import allowed
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ never a directory that loads wrong. `extra` carries the training loop's own stat
 scheduler, RNG, data position), saved in the same atomic step.
 
 `objective.json` records the training objective (workflows/conf/objective: `mode` ttt | ar | nar and the rest
-of the group), because a checkpoint must be decoded the way it was trained (ttt_model/sampler.py `decode:
+of the group), because a checkpoint must be decoded the way it was trained (ttt_model/decoding/sampler.py `decode:
 auto`). It is JSON beside the weights, not part of `extra`, so evaluation drivers read it without torch and
 without loading the optimizer state; a checkpoint without it (older ones) reads as "not recorded".
 """

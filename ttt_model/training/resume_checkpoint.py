@@ -3,7 +3,7 @@
 Layout (each rank stages its part in a local directory; Ray Train merges the ranks' directories into one
 checkpoint under `storage_path` when they all report it):
 
-    model/              rank 0, `ttt_model.checkpoint.save_checkpoint`: config.json + model.safetensors +
+    model/              rank 0, `ttt_model.core.model_checkpoint.save_checkpoint`: config.json + model.safetensors +
                         vocab_manifest.json (HF-loadable), objective.json (the training objective, so the
                         checkpoint is decoded the way it was trained) and, as its `extra`, the loop state +
                         scheduler
@@ -45,7 +45,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from transformers import Qwen2ForCausalLM
 
-from ttt_model.checkpoint import load_extra, save_checkpoint
+from ttt_model.core.model_checkpoint import load_extra, save_checkpoint
 
 MODEL_DIR, OPTIMIZER_DIR, RNG_DIR = "model", "optimizer", "rng"
 

@@ -33,7 +33,7 @@ Audio attention (`ObjectiveConfig.audio_attention`, TtT mode only):
   With next-token alignment the codes of decoding block j (span tokens jB + 1 .. (j + 1)B, B = audio_block)
   are predicted by positions jB .. (j + 1)B - 1, which is exactly attention block j: every prediction of one
   decoding block sees the same tokens, and nothing of a later block. So a finished block's keys/values never
-  change again and the sampler appends them to its KV cache exactly (ttt_model/sampler.py).
+  change again and the sampler appends them to its KV cache exactly (ttt_model/decoding/sampler.py).
   Noising, one block per span (`draw_noised_blocks`): at decoding, block j is predicted from CLEAN earlier
   blocks (they are final) and never sees a later one. A single copy of the sequence can only give that to one
   block of a span at a time: each diffused span noises exactly one decoding block j, drawn uniformly from the

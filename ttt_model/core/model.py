@@ -2,8 +2,8 @@
 
 Why a plain `Qwen2ForCausalLM` and no subclass: checkpoints stay loadable by stock transformers and any Qwen2
 serving stack. Everything TtT-specific lives outside the module: the vocabulary (extra embedding rows), the
-modality-aware attention mask (`ttt_model.attention`) and the loss (`ttt_model.loss`, which applies the LM head
-only at target positions, so `forward_hidden` returns hidden states, never full [B, L, V] logits).
+modality-aware attention mask (`ttt_model.core.attention`) and the loss (`ttt_model.core.loss`, which applies the LM
+head only at target positions, so `forward_hidden` returns hidden states, never full [B, L, V] logits).
 
 Mask hand-off (transformers 5.23, `Qwen2Model.forward`): when `attention_mask` is a dict `{layer_type: mask}`,
 the model skips mask construction entirely (no `create_causal_mask`, no packed-sequence detection from
@@ -24,11 +24,11 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from tokenization.vocab import UnifiedVocab
-from ttt_model.attention import build_attention
-from ttt_model.batch import PackedBatch
-from ttt_model.checkpoint import MANIFEST_FILE, load_checkpoint
+from ttt_model.core.attention import build_attention
+from ttt_model.core.collator import PackedBatch
+from ttt_model.core.model_checkpoint import MANIFEST_FILE, load_checkpoint
 
-# attn_implementation (transformers name) -> mask kind that ttt_model.attention.build_attention makes for it.
+# attn_implementation (transformers name) -> mask kind that ttt_model.core.attention.build_attention makes for it.
 BACKENDS = {"sdpa": "sdpa", "flex_attention": "flex"}
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}

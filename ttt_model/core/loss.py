@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from tokenization.vocab import UnifiedVocab
-from ttt_model.batch import PackedBatch
-from ttt_model.objective import KIND_AR, KIND_DIFFUSION, ObjectiveConfig
+from ttt_model.core.collator import PackedBatch
+from ttt_model.core.objective import KIND_AR, KIND_DIFFUSION, ObjectiveConfig
 
 
 @dataclass

@@ -68,7 +68,9 @@ from ttt_model.core.collator import PackedBatch, TtTCollator
 from ttt_model.core.loss import combine
 from ttt_model.core.model import build_model, forward_hidden, lm_head_weight
 from ttt_model.core.objective import MODES, ObjectiveConfig
-from ttt_model.decoding.sampler import AudioBlock, LogitsContext, SamplerConfig, TtTSampler
+from ttt_model.decoding.events import AudioBlock, LogitsContext
+from ttt_model.decoding.sampler_config import SamplerConfig
+from ttt_model.decoding.ttt_sampler import TtTSampler
 from ttt_model.training.loop import LossModule, batch_shape_stats, optimizer_step
 from ttt_model.training.optim import build_optimizer, build_scheduler
 from ttt_model.training.settings import TrainSettings, parse_settings
@@ -76,7 +78,6 @@ from ttt_model.training.telemetry import FlopsModel, StepTimer, mfu, peak_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "workflows" / "conf"
-STATUSES = ("ok", "skipped", "failed")
 # GLM-4-Voice's tokenizer: 16,384 codes at 12.5 Hz (the production codebook; only its size matters to the LM).
 GLM_CODEC = CodecIdentity("glm4voice-bench", "1", 12.5, 16384, 16000, 22050, "")
 SMOKE_TEXT_IDS = 1700  # a Qwen BPE subset (as bench/train_throughput.py --quick): the smoke vocabulary stays small

@@ -59,14 +59,11 @@ from tokenization.vocab import EOA_FINAL, SOA_FINAL, UnifiedVocab
 from ttt_model.core.attention import sdpa_mask
 from ttt_model.core.model import build_model
 from ttt_model.core.objective import AUDIO_ATTENTION
+from ttt_model.decoding.events import AudioBlock, LogitsContext
 from ttt_model.decoding.kv_cache import CachedBackend, Chunk
-from ttt_model.decoding.sampler import (
-    AudioBlock,
-    LogitsContext,
-    SamplerConfig,
-    TtTSampler,
-)
-from ttt_model.decoding.token_sampling import SamplingParams, choose
+from ttt_model.decoding.sampler_config import SamplerConfig, SamplingParams
+from ttt_model.decoding.token_sampling import choose
+from ttt_model.decoding.ttt_sampler import TtTSampler
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_CONF = ROOT / "workflows" / "conf" / "model"

@@ -29,8 +29,9 @@ SPAN_COLUMNS = ("sample_id", "task", "source", "kind", "start", "end", "len", "r
                 "is_final_in_turn", "turn")
 
 
-def _literal(path: Path | str) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
+def sql_literal(value: Path | str) -> str:
+    """`value` (a path, a glob, any text) as a SQL string literal: single-quoted, inner quotes doubled."""
+    return "'" + str(value).replace("'", "''") + "'"
 
 
 def _glob(shards_dir: Path, sub: str) -> str:
@@ -38,7 +39,7 @@ def _glob(shards_dir: Path, sub: str) -> str:
     if not files:
         raise FileNotFoundError(f"no Parquet files under {shards_dir / sub} (run `python workflows/tokenize_data.py` "
                                 "or point --shards / paths.shards at a finished run)")
-    return _literal(shards_dir / sub / "*.parquet")
+    return sql_literal(shards_dir / sub / "*.parquet")
 
 
 def connect(shards_dir: str | Path, threads: int | None = None,
@@ -71,7 +72,7 @@ def profile(con: duckdb.DuckDBPyConnection, sql: str, profile_path: str | Path) 
     """Run `sql` with DuckDB's JSON profiler: bytes read, wall time and the columns each scan projected
     (used by the tests and the shard benchmark to prove `input_ids` is not read)."""
     con.execute("SET enable_profiling = 'json'")
-    con.execute(f"SET profiling_output = {_literal(profile_path)}")
+    con.execute(f"SET profiling_output = {sql_literal(profile_path)}")
     try:
         rows = con.sql(sql).fetchall()
     finally:
@@ -97,4 +98,4 @@ def _scanned_columns(node: Mapping[str, Any]) -> set[str]:
     return found
 
 
-__all__ = ["SPAN_COLUMNS", "connect", "profile", "query"]
+__all__ = ["SPAN_COLUMNS", "connect", "profile", "query", "sql_literal"]

@@ -15,7 +15,6 @@ garbage-tagged utterance, an unparsable line) still yields a row, with `error` (
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pyarrow as pa
+
+from ttt_common.config import reject_unknown_keys
 
 TASKS = ("asr", "tts", "audio_chat", "text_chat", "interleaved", "aac", "sec", "asc", "spoken_qa")
 
@@ -100,9 +101,7 @@ class SourceConfig:
     @staticmethod
     def from_mapping(m: Mapping[str, Any]) -> SourceConfig:
         known = {"kind", "path", "name", "task", "language", "subsets", "split", "ratio", "options"}
-        unknown = set(m) - known
-        if unknown:
-            raise ValueError(f"source {dict(m)!r}: unknown keys {sorted(unknown)} (allowed: {sorted(known)})")
+        reject_unknown_keys(m, known, f"source {dict(m)!r}")
         if "kind" not in m or "path" not in m:
             raise ValueError(f"source {dict(m)!r}: 'kind' and 'path' are required")
         subsets = m.get("subsets") or ()
@@ -130,8 +129,3 @@ class CorpusReader(Protocol):
 
     def read(self, source: SourceConfig, unit: str) -> Iterator[dict[str, Any]]:
         """Yield `raw_row(...)` dicts for one unit, in a deterministic order."""
-
-
-def stable_id(*parts: str) -> str:
-    """A short stable hash for ids derived from content (e.g. chat samples without an id)."""
-    return hashlib.sha1("\x1f".join(parts).encode("utf-8")).hexdigest()[:16]

@@ -19,6 +19,7 @@ that, and comparing the two systems needs identical data in both directions:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -31,6 +32,7 @@ import numpy as np
 
 from tokenization.sequence import Span
 from tokenization.vocab import AUDIO_TOKEN_RE, IM_END, IM_START, UnifiedVocab
+from ttt_common.files import atomic_path
 
 DATA_TYPES = {"PT": "interleaved", "IT": ""}  # data_type -> source task ("" = each record's own)
 _ENTRY_KEYS = {"path", "sample_ratio", "data_type", "name", "task"}
@@ -154,8 +156,8 @@ def export_reference(shards_dir: str | Path, out_dir: str | Path, where: str = "
     (`--data_path`). Samples keep the shards' order, and every copy of an up-sampled record is written, so
     the reference trains on exactly the samples ours does. Returns {source: samples written}.
 
-    Files are written beside their final names and renamed at the end, so an interrupted export leaves no
-    half-written file under a final name."""
+    Files are written beside their final names and renamed at the end (`ttt_common.files.atomic_path`), so an
+    interrupted export leaves no half-written file under a final name."""
     from pipelines.duck import connect
     from tokenization.codecs.base import CodecIdentity
     from tokenization.sequence import spans_from_pylist
@@ -177,35 +179,27 @@ def export_reference(shards_dir: str | Path, out_dir: str | Path, where: str = "
     counts: dict[str, int] = {}
     documents_only: dict[str, bool] = {}
     sql = "SELECT source, spans, input_ids FROM samples" + (f" WHERE {where}" if where.strip() else "")
-    with connect(shards) as con:
-        batches = con.sql(sql).to_arrow_reader(batch_rows)
-        try:
-            for batch in batches:
-                for row in batch.to_pylist():
-                    record = reference_record(vocab, row["input_ids"], spans_from_pylist(row["spans"]))
-                    source = row["source"]
-                    if source not in files:
-                        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", source).strip("._") or "source"
-                        names[source] = _unique(stem, {Path(n).stem for n in names.values()}) + ".json"
-                        files[source] = (out / f".{names[source]}.tmp").open("w", encoding="utf-8")
-                        files[source].write("[\n")
-                    else:
-                        files[source].write(",\n")
-                    files[source].write(json.dumps(record, ensure_ascii=False))
-                    counts[source] = counts.get(source, 0) + 1
-                    documents_only[source] = documents_only.get(source, True) and "text" in record
-        finally:
-            for f in files.values():
-                f.close()
-    data_config = []
-    for source in sorted(files):
-        tmp = out / f".{names[source]}.tmp"
-        with tmp.open("a", encoding="utf-8") as f:
+    # each file is closed, then renamed into place, when the stack unwinds without an error (else removed)
+    with connect(shards) as con, contextlib.ExitStack() as stack:
+        for batch in con.sql(sql).to_arrow_reader(batch_rows):
+            for row in batch.to_pylist():
+                record = reference_record(vocab, row["input_ids"], spans_from_pylist(row["spans"]))
+                source = row["source"]
+                if source not in files:
+                    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", source).strip("._") or "source"
+                    names[source] = _unique(stem, {Path(n).stem for n in names.values()}) + ".json"
+                    tmp = stack.enter_context(atomic_path(out / names[source]))
+                    files[source] = stack.enter_context(tmp.open("w", encoding="utf-8"))
+                    files[source].write("[\n")
+                else:
+                    files[source].write(",\n")
+                files[source].write(json.dumps(record, ensure_ascii=False))
+                counts[source] = counts.get(source, 0) + 1
+                documents_only[source] = documents_only.get(source, True) and "text" in record
+        for f in files.values():
             f.write("\n]\n")
-        final = out / names[source]
-        os.replace(tmp, final)
-        data_config.append({"path": str(final.absolute()), "sample_ratio": 1,
-                            "data_type": "PT" if documents_only[source] else "IT"})
+    data_config = [{"path": str((out / names[source]).absolute()), "sample_ratio": 1,
+                    "data_type": "PT" if documents_only[source] else "IT"} for source in sorted(files)]
     (out / DATA_CONFIG_FILE).write_text(json.dumps(data_config, indent=4) + "\n")
     return counts
 

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tokenization.shard_format import MANIFEST_METADATA_KEY, SHARD_SCHEMA, wds_key
+from ttt_common.files import atomic_write
 
 
 def num_parts(rows: int, rows_per_part: int) -> int:
@@ -42,17 +41,6 @@ def part_of(record_keys: pa.Array | pa.ChunkedArray, count: int) -> np.ndarray:
     raw = np.frombuffer(keys.buffers()[1], dtype=np.uint8)[keys.offset * 16:(keys.offset + len(keys)) * 16]
     heads = raw.reshape(-1, 16)[:, :8].copy().view(">u8").ravel()
     return (heads % np.uint64(count)).astype(np.int64)
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Run `write(tmp_path)` then rename onto `path`: readers (and resumed runs) never see partial files."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def dedup(table: pa.Table, key: str, tiebreak: str) -> tuple[pa.Table, pa.Table]:
@@ -139,6 +127,6 @@ def write_quarantine_part(table: pa.Table, path: Path, schema: pa.Schema) -> Non
 
 
 __all__ = [
-    "atomic_write", "dedup", "expand_copies", "num_parts", "part_of", "write_parquet_shard", "write_quarantine_part",
+    "dedup", "expand_copies", "num_parts", "part_of", "write_parquet_shard", "write_quarantine_part",
     "write_wds_shard",
 ]

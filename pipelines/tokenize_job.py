@@ -56,10 +56,10 @@ import pyarrow.parquet as pq
 import yaml
 
 from pipelines import quarantine as q
+from pipelines.duck import sql_literal
 from pipelines.ray_runtime import ensure_ray
 from pipelines.records import SourceConfig
 from pipelines.shards import (
-    atomic_write,
     expand_copies,
     num_parts,
     part_of,
@@ -73,6 +73,8 @@ from tokenization.codecs.base import CodecIdentity
 from tokenization.codecs.declared import KIND as DECLARED_KIND
 from tokenization.shard_format import MANIFEST_FILE, PARQUET_DIR, QUARANTINE_DIR, WDS_DIR, shard_name
 from tokenization.vocab import UnifiedVocab, read_manifest, write_manifest
+from ttt_common.config import config_digest
+from ttt_common.files import atomic_write
 
 JOB_FORMAT = 2  # bump when staged or shard content changes for the same configuration
 STAGING_DIR = "_staging"
@@ -304,7 +306,7 @@ def plan_sources(sources: Sequence[SourceConfig]) -> list[list[str]]:
 
 def fingerprint(settings: JobSettings, vocab_manifest: Mapping[str, Any]) -> str:
     payload = {"job_format": JOB_FORMAT, "settings": settings.content(), "vocab": vocab_manifest}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    return config_digest(payload)
 
 
 # ---- run directory layout ------------------------------------------------------------------------------
@@ -663,10 +665,6 @@ def write_part_rows(part: str, rows: pa.Table, *, final_dir: str, vocab_manifest
     return samples.num_rows
 
 
-def _sql_path(path: Path) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
-
-
 def _staged_totals(layout: RunLayout) -> tuple[int, int, list[dict[str, Any]]]:
     """(samples to write, quarantine rows, counts per source/status/reason) of the staged rows."""
     if not any(layout.rows.glob("*.parquet")):
@@ -674,7 +672,7 @@ def _staged_totals(layout: RunLayout) -> tuple[int, int, list[dict[str, Any]]]:
     with duckdb.connect() as con:
         # one row per (record, locator): a retried Ray write task may have staged a row twice
         con.execute("CREATE VIEW staged AS SELECT DISTINCT ON (record_key, locator) "
-                    f"* EXCLUDE (spans, input_ids) FROM read_parquet({_sql_path(layout.rows / '*.parquet')})")
+                    f"* EXCLUDE (spans, input_ids) FROM read_parquet({sql_literal(layout.rows / '*.parquet')})")
         samples, quarantined = con.sql(
             "SELECT coalesce(sum(copies) FILTER (WHERE status = 'ok'), 0), "
             "count(*) FILTER (WHERE status = 'quarantine') FROM staged").fetchall()[0]
@@ -776,7 +774,7 @@ def collect_counts(settings: JobSettings, final_dir: Path, staged_counts: Sequen
         written = con.sql(
             "SELECT source, task, count(*) AS samples, count(*) FILTER (WHERE copy = 0) AS records, "
             "sum(n_tokens) AS tokens, sum(n_text_tokens) AS text_tokens, sum(n_audio_tokens) AS audio_tokens, "
-            f"sum(audio_seconds) AS seconds FROM read_parquet({_sql_path(final_dir / PARQUET_DIR / '*.parquet')}) "
+            f"sum(audio_seconds) AS seconds FROM read_parquet({sql_literal(final_dir / PARQUET_DIR / '*.parquet')}) "
             "GROUP BY ALL ORDER BY ALL").to_arrow_table().to_pylist()
     tasks: dict[str, dict[str, Any]] = {}
     for row in written:

@@ -32,7 +32,6 @@ from ray.data.datasource import Datasink
 
 from pipelines import quarantine as q
 from pipelines.records import RAW_ROW_SCHEMA, SourceConfig, raw_row
-from pipelines.shards import atomic_write
 from pipelines.tasks import (
     IMPORT_KINDS,
     Record,
@@ -46,6 +45,7 @@ from tokenization.audio import load_audio, resample
 from tokenization.codecs.base import AudioCodec, CodecIdentity
 from tokenization.sequence import SPAN_ARROW_TYPE, spans_to_pylist
 from tokenization.vocab_factory import make_vocab
+from ttt_common.files import atomic_write
 
 AUDIO_INPUT_TASKS = ("asr", "aac", "sec", "asc")  # tasks that cannot be built without the record's own audio
 # Tasks whose text is a transcript of the record's own audio. Without time alignments (our rows have none) their

@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     from tokenization.audio import write_audio
-    from ttt_model.decoding.sampler import SamplerConfig
+    from ttt_model.decoding.sampler_config import SamplerConfig
     from ttt_model.decoding.speech_lm import Message, SpeechLM, answer, read_audio
 
     if not args.audio and not (args.text and args.text.strip()):

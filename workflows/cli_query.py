@@ -41,7 +41,7 @@ def default_shards_dir(overrides: list[str] | None = None) -> Path:
 def run(args: argparse.Namespace) -> int:
     import duckdb
 
-    from pipelines.duck import connect
+    from pipelines.duck import connect, sql_literal
 
     shards = Path(args.shards) if args.shards else default_shards_dir()
     try:
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         if args.csv or args.parquet:
             out, fmt = (args.csv, "csv, HEADER") if args.csv else (args.parquet, "parquet")
             # COPY streams the result to the file (no size limit) and returns the row count
-            (rows,) = con.execute(f"COPY ({sql}) TO {_literal(out)} (FORMAT {fmt})").fetchall()[0]
+            (rows,) = con.execute(f"COPY ({sql}) TO {sql_literal(out)} (FORMAT {fmt})").fetchall()[0]
             print(f"wrote {rows} rows to {out}")
         else:
             rel = con.sql(sql)
@@ -66,7 +66,3 @@ def run(args: argparse.Namespace) -> int:
     finally:
         con.close()
     return 0
-
-
-def _literal(path: str) -> str:
-    return "'" + path.replace("'", "''") + "'"

@@ -49,6 +49,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from ttt_common.config import reject_unknown_keys
+
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 OBJECTIVE_GROUP = "objective"
 DATA_STAGES = ("prepare", "tokenize")
@@ -114,7 +116,7 @@ def _check_samplers(samplers: Sequence[Mapping[str, Any]], base: Mapping[str, An
     """Each sampler setting merged over the sampler group must be a valid SamplerConfig (decode mode, schedule,
     threshold, ...), and no two may share a run id, which the evaluation would refuse after all variants trained."""
     from pipelines.eval.jobs import sampler_slug
-    from ttt_model.decoding.sampler import SamplerConfig
+    from ttt_model.decoding.sampler_config import SamplerConfig
 
     for i, s in enumerate(samplers):
         try:
@@ -136,8 +138,7 @@ def parse_sweep(cfg: Mapping[str, Any], known_variants: Sequence[str], joins_clu
     if not isinstance(sweep, Mapping):
         raise SweepConfigError("no sweep config: compose a sweep group (sweep=embedded or sweep=production)")
     allowed = {f.name for f in fields(SweepSettings)}
-    if set(sweep) - allowed:
-        raise SweepConfigError(f"sweep: unknown keys {sorted(set(sweep) - allowed)} (allowed: {sorted(allowed)})")
+    reject_unknown_keys(sweep, allowed, "sweep", SweepConfigError)
     if not sweep.get("root"):
         raise SweepConfigError("sweep.root is not set: the directory for the sweep's checkpoints, logs and table")
     root = str(sweep["root"])
@@ -241,7 +242,7 @@ def check_recorded_objective(variant: Variant) -> None:
     `objective.p_mix=0.5` added after the sweep trained): it would be resumed from, or reused as finished, and
     evaluated under a config it was not trained with. (Objective changes only: the other settings of a finished
     run are not recorded with it; a digest of the whole config in train.py's final.json would cover them.)"""
-    from ttt_model.core.model_checkpoint import load_objective
+    from ttt_model.core.checkpoint_layout import load_objective
     from ttt_model.core.objective import ObjectiveConfig
     from ttt_model.training.resume_checkpoint import MODEL_DIR
 

@@ -23,6 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from tokenization.audio import resample, to_mono
+from ttt_common.config import reject_unknown_keys
 
 ASR_SAMPLE_RATE = 16000  # every supported recogniser listens at 16 kHz
 BUNDLED_TINY_EN = "bundled:whisper-tiny.en"
@@ -56,9 +57,7 @@ class AsrConfig:
     @staticmethod
     def from_mapping(m: Mapping[str, Any]) -> AsrConfig:
         known = {f.name for f in fields(AsrConfig)}
-        unknown = set(m) - known
-        if unknown:
-            raise ValueError(f"asr config: unknown keys {sorted(unknown)} (allowed: {sorted(known)})")
+        reject_unknown_keys(m, known, "asr config")
         cfg = AsrConfig(**dict(m))
         if cfg.backend not in BACKENDS:
             raise ValueError(f"asr config: unknown backend {cfg.backend!r}; known: {', '.join(BACKENDS)}")

@@ -28,10 +28,8 @@ results.json.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 import time
@@ -51,13 +49,14 @@ from pipelines.eval.judges import VALID, Judgment, aggregate, build_judge
 from pipelines.eval.scoring import accuracy_vs_control, derangement, error_rate, error_rate_vs_control
 from pipelines.eval.table import OBJECTIVE_SYSTEMS, SYSTEM_MODES, build_table, system_label, table_markdown
 from pipelines.ray_runtime import ensure_ray
+from ttt_common.config import config_digest, reject_unknown_keys
+from ttt_common.files import atomic_write_text
+from ttt_model.core.checkpoint_layout import MANIFEST_FILE, OBJECTIVE_FILE, load_objective
+from ttt_model.decoding.sampler_config import DECODE_MODES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 log = logging.getLogger(__name__)
 
-MANIFEST_FILE = "vocab_manifest.json"  # ttt_model.core.model_checkpoint.MANIFEST_FILE (not imported: keeps torch out)
-OBJECTIVE_FILE = "objective.json"  # ttt_model.core.model_checkpoint.OBJECTIVE_FILE (idem)
-DECODE_MODES = ("auto", "ttt", "ar", "nar")  # ttt_model.decoding.sampler.DECODE_MODES (idem)
 RESULTS_FILE, ITEMS_DIR, AUDIO_DIR = "results.json", "items", "audio"
 TABLE_JSON, TABLE_MD = "table.json", "table.md"
 
@@ -79,9 +78,7 @@ class StageResources:
     def from_mapping(m: Mapping[str, Any] | None, extra: Sequence[str] = ()) -> StageResources:
         values = dict(m or {})
         known = {"pool_size", "batch_size", "num_cpus", "num_gpus", *extra}
-        unknown = set(values) - known
-        if unknown:
-            raise EvalConfigError(f"eval stage config: unknown keys {sorted(unknown)} (allowed: {sorted(known)})")
+        reject_unknown_keys(values, known, "eval stage config", EvalConfigError)
         return StageResources(**{k: values[k] for k in ("pool_size", "batch_size", "num_cpus", "num_gpus")
                                  if k in values})
 
@@ -169,11 +166,12 @@ def resolve_decode(sampler: Mapping[str, Any], checkpoint: Path, system: str) ->
         raise EvalConfigError(f"sampler decode must be one of {DECODE_MODES}, got {decode!r}")
     if decode != "auto":
         return decode
-    record = checkpoint / OBJECTIVE_FILE
-    if record.is_file():
-        mode = str(json.loads(record.read_text()).get("mode") or "")
+    record = load_objective(checkpoint)
+    if record is not None:
+        mode = str(record.get("mode") or "")
         if mode not in DECODE_MODES[1:]:
-            raise EvalConfigError(f"{record} records objective mode {mode!r}; known modes are {DECODE_MODES[1:]}")
+            raise EvalConfigError(f"{checkpoint / OBJECTIVE_FILE} records objective mode {mode!r}; known modes are "
+                                  f"{DECODE_MODES[1:]}")
         named = SYSTEM_MODES.get(system, "ttt")
         if mode != named and system in OBJECTIVE_SYSTEMS:
             log.warning("system %r names a %s objective but %s was trained with mode %r; decoding with %r",
@@ -195,7 +193,7 @@ def fingerprint(spec: RunSpec, eval_cfg: Mapping[str, Any]) -> str:
                    if f.is_file())
     payload = {"checkpoint": str(spec.checkpoint), "files": files, "sampler": spec.sampler,
                **{k: eval_cfg.get(k) for k in ("tasks", "asr_models", "judge", "bootstrap", "seed")}}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return config_digest(payload, 16)
 
 
 # ------------------------------------------------------------------------------------------- summarize
@@ -374,10 +372,7 @@ def evaluate_run(spec: RunSpec, cfg: Mapping[str, Any], items: pa.Table, codec_f
         **summarize(table, int(eval_cfg.get("bootstrap", 0)), int(eval_cfg.get("seed", 0))),
         "wall_seconds": time.perf_counter() - t0, "items_dir": str(run_dir / ITEMS_DIR),
     }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = results_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, results_path)
+    atomic_write_text(results_path, json.dumps(results, indent=2, sort_keys=True, default=str) + "\n")
     return results
 
 

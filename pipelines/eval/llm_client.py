@@ -23,6 +23,8 @@ from typing import Any
 
 import requests
 
+from ttt_common.config import reject_unknown_keys
+
 DEFAULT_KEY_ENV = ("TTT_JUDGE_API_KEY", "OPENAI_API_KEY")
 RETRY_STATUS = frozenset({408, 409, 425, 429}) | frozenset(range(500, 600))
 
@@ -49,9 +51,7 @@ class ClientConfig:
     @staticmethod
     def from_mapping(m: Mapping[str, Any]) -> ClientConfig:
         known = {f.name for f in fields(ClientConfig)}
-        unknown = set(m) - known
-        if unknown:
-            raise ValueError(f"llm client config: unknown keys {sorted(unknown)} (allowed: {sorted(known)})")
+        reject_unknown_keys(m, known, "llm client config")
         missing = [k for k in ("base_url", "model") if not m.get(k)]
         if missing:
             raise ValueError(f"llm client config: {' and '.join(missing)} required (e.g. base_url: "

@@ -482,15 +482,17 @@ def examples_section(eval_dir: Path, report_dir: Path, n: int) -> list[Block]:
     files = sorted(eval_dir.glob(f"*/{ITEMS_DIR}/*.parquet"))
     if not files:
         return [*blocks, Para(f"Examples {NOT_AVAILABLE}: no evaluated items under {eval_dir}.")]
-    glob = str(eval_dir / "*" / ITEMS_DIR / "*.parquet").replace("'", "''")
+    from pipelines.duck import sql_literal
+
+    glob = sql_literal(eval_dir / "*" / ITEMS_DIR / "*.parquet")
     for task, (title, columns, header) in _EXAMPLE_QUERIES.items():
         try:
             import duckdb
 
             with duckdb.connect() as con:
-                rows = con.sql(f"SELECT {columns} FROM read_parquet('{glob}', union_by_name=true) "
-                               f"WHERE task = '{task}' AND status = 'ok' ORDER BY run_id, subset, item_id "
-                               f"LIMIT {int(n)}").fetchall()
+                rows = con.sql(f"SELECT {columns} FROM read_parquet({glob}, union_by_name=true) "
+                               f"WHERE task = {sql_literal(task)} AND status = 'ok' "
+                               f"ORDER BY run_id, subset, item_id LIMIT {int(n)}").fetchall()
         except Exception as e:  # a schema from another version of the job: skip the examples, keep the report
             blocks.append(Para(f"{title} examples {NOT_AVAILABLE}: {e.__class__.__name__}: {str(e)[:160]}"))
             continue

@@ -71,7 +71,7 @@ class GenerateStage:
                  torch_threads: int | None = None) -> None:
         import torch
 
-        from ttt_model.decoding.sampler import SamplerConfig
+        from ttt_model.decoding.sampler_config import SamplerConfig
         from ttt_model.decoding.speech_lm import SpeechLM
 
         if torch_threads:

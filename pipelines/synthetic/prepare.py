@@ -22,7 +22,6 @@ Held-out rules: see textgen's module docstring. Test/dev/eval audio is never use
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -36,6 +35,8 @@ from pipelines.synthetic import layouts, textgen
 from pipelines.synthetic.layouts import CorpusPlan, Speaker, Spoken, SpokenQA
 from pipelines.synthetic.synthesis import run_jobs
 from pipelines.synthetic.textgen import QAItem, Statement, TextGenConfig, rng_for
+from ttt_common.config import config_digest, reject_unknown_keys
+from ttt_common.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -69,18 +70,17 @@ class PrepareConfig:
     def from_mapping(m: Mapping[str, Any]) -> PrepareConfig:
         known = {"workers", "textgen", "speakers", "librispeech", "commonvoice", "aishell2", "lhotse", "spoken_qa",
                  "chat", "documents", "codec_fit_seconds_per_voice"}
-        unknown = set(m) - known
-        if unknown:
-            raise ValueError(f"prepare config: unknown keys {sorted(unknown)} (allowed: {sorted(known)})")
+        reject_unknown_keys(m, known, "prepare config")
         speakers = {lang: tuple(Speaker(str(s["voice"]), float(s.get("speed", 1.0)), str(s.get("gender") or ""))
                                 for s in specs) for lang, specs in (m.get("speakers") or {}).items()}
         for lang in ("en", "zh"):
             if not speakers.get(lang):
                 raise ValueError(f"prepare config: speakers.{lang} must list at least one voice")
-        _check_keys("aishell2", m.get("aishell2") or {}, {"train", "dev", "test"})
-        _check_keys("spoken_qa", m.get("spoken_qa") or {}, {"train", "eval"})
+        # a typo'd split name would otherwise silently produce nothing
+        reject_unknown_keys(m.get("aishell2") or {}, {"train", "dev", "test"}, "prepare config: aishell2")
+        reject_unknown_keys(m.get("spoken_qa") or {}, {"train", "eval"}, "prepare config: spoken_qa")
         for locale, spec in (m.get("commonvoice") or {}).items():
-            _check_keys(f"commonvoice.{locale}", spec, {"header", *layouts.CV_SPLITS})
+            reject_unknown_keys(spec, {"header", *layouts.CV_SPLITS}, f"prepare config: commonvoice.{locale}")
         return PrepareConfig(
             workers=int(m.get("workers", 2)), textgen=TextGenConfig.from_mapping(m.get("textgen") or {}),
             speakers=speakers, librispeech=dict(m.get("librispeech") or {}),
@@ -90,17 +90,6 @@ class PrepareConfig:
             chat=int(m.get("chat", 0)), documents=int(m.get("documents", 0)),
             codec_fit_seconds_per_voice=float(m.get("codec_fit_seconds_per_voice", 60.0)),
         )
-
-
-def _check_keys(what: str, m: Mapping[str, Any], allowed: set[str]) -> None:
-    """A typo'd split name would otherwise silently produce nothing."""
-    unknown = set(m) - allowed
-    if unknown:
-        raise ValueError(f"prepare config: {what} has unknown keys {sorted(unknown)} (allowed: {sorted(allowed)})")
-
-
-def config_hash(payload: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- planning (pure: no audio is made here)
@@ -211,10 +200,7 @@ def _write_marker(raw: Path, marker: Mapping[str, Any]) -> None:
     path = raw / MARKER
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         return
-    raw.mkdir(parents=True, exist_ok=True)
-    tmp = raw / f".{MARKER}.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, text)
 
 
 def _clear_owned(raw: Path, marker: Mapping[str, Any] | None) -> None:
@@ -306,8 +292,8 @@ def prepare(prepare_cfg: Mapping[str, Any], raw: Path, seed: int = 0, force: boo
     `codec_cfg.kind == "embedded"`. Returns the marker written to `raw/prepared.json`."""
     cfg = PrepareConfig.from_mapping(prepare_cfg)
     raw = Path(raw)
-    corpora_hash = config_hash({"version": GENERATOR_VERSION, "prepare": prepare_cfg, "seed": seed,
-                                "raw": str(raw.resolve())})
+    corpora_hash = config_digest({"version": GENERATOR_VERSION, "prepare": prepare_cfg, "seed": seed,
+                                  "raw": str(raw.resolve())}, 16)
     marker = _read_marker(raw)
     done = marker is not None and marker.get("status") == "complete"
     if done and not force and marker["corpora"]["hash"] == corpora_hash:
@@ -329,8 +315,8 @@ def _fit_codec(cfg: PrepareConfig, raw: Path, seed: int, force: bool, corpora_ha
                codec_cfg: Mapping[str, Any], codec_dir: Path, marker: Mapping[str, Any] | None) -> dict[str, Any]:
     from tokenization.codecs.embedded import fit_embedded_codec
 
-    codec_hash = config_hash({"corpora": corpora_hash, "codec": codec_cfg, "seed": seed,
-                              "seconds_per_voice": cfg.codec_fit_seconds_per_voice})
+    codec_hash = config_digest({"corpora": corpora_hash, "codec": codec_cfg, "seed": seed,
+                                "seconds_per_voice": cfg.codec_fit_seconds_per_voice}, 16)
     previous = (marker or {}).get("codec") or {}
     if not force and previous.get("hash") == codec_hash and codec_dir.exists():
         log.info("embedded codec up to date in %s (hash %s); skipping the fit", codec_dir, codec_hash)

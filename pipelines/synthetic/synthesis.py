@@ -15,7 +15,6 @@ written to a temporary name and renamed, so a crash never leaves a truncated fil
 from __future__ import annotations
 
 import multiprocessing
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -27,9 +26,10 @@ from tqdm import tqdm
 
 from pipelines.synthetic.textgen import round_robin
 from tokenization.audio import resample
+from ttt_common.files import atomic_write
 
 # Subtype per file suffix: 16-bit PCM like the real corpora; MP3 is what Common Voice ships.
-_SUBTYPES = {".flac": "PCM_16", ".wav": "PCM_16", ".mp3": "MPEG_LAYER_III"}
+_FORMATS = {".flac": ("FLAC", "PCM_16"), ".wav": ("WAV", "PCM_16"), ".mp3": ("MP3", "MPEG_LAYER_III")}
 
 
 @dataclass(frozen=True)
@@ -95,10 +95,8 @@ def synthesize_job(job: SynthesisJob) -> SynthesisResult:
     """Render and write one job (atomically); runs in pool workers."""
     audio, segments = render(job)
     path = Path(job.path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")  # the suffix still tells soundfile the format
-    sf.write(str(tmp), audio, job.sample_rate, subtype=_SUBTYPES[path.suffix.lower()])
-    os.replace(tmp, path)
+    fmt, subtype = _FORMATS[path.suffix.lower()]  # named: the temporary file's name has no audio suffix
+    atomic_write(path, lambda tmp: sf.write(str(tmp), audio, job.sample_rate, subtype=subtype, format=fmt))
     return SynthesisResult(job.path, job.voice, job.split, job.sample_rate, len(audio), segments)
 
 

@@ -34,9 +34,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from pipelines.synthetic import facts
+from ttt_common.config import reject_unknown_keys
 
-KNOWLEDGE_CATEGORIES = ("capital", "color", "sound", "legs", "young", "opposite", "science")
-SKILL_CATEGORIES = ("add", "subtract", "multiply", "spell", "calendar", "count")
 TOPIC_TITLES = {
     "capital": "Capital cities", "color": "The colors of things", "sound": "Animal sounds",
     "legs": "How many legs animals have", "young": "Baby animals", "opposite": "Opposites",
@@ -64,9 +63,7 @@ class TextGenConfig:
     @staticmethod
     def from_mapping(m: Mapping[str, Any]) -> TextGenConfig:
         known = {f.name for f in fields(TextGenConfig)}
-        unknown = set(m) - known
-        if unknown:
-            raise ValueError(f"textgen config: unknown keys {sorted(unknown)} (allowed: {sorted(known)})")
+        reject_unknown_keys(m, known, "textgen config")
         values = {k: tuple(v) if k in ("paragraphs", "sentences_per_paragraph") else v for k, v in m.items()}
         return TextGenConfig(**values)
 

@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 import webdataset as wds
 
-from pipelines.shards import atomic_write, expand_copies, num_parts, part_of, write_parquet_shard, write_wds_shard
+from pipelines.shards import expand_copies, num_parts, part_of, write_parquet_shard, write_wds_shard
 from pipelines.tokenize_stages import STAGED_SCHEMA, record_key
 from tokenization.codecs.base import CodecIdentity
 from tokenization.sequence import Part, Turn, build_chat, spans_to_pylist
@@ -131,13 +130,3 @@ def test_wds_keys_are_reversible_and_dot_free() -> None:
     for sid in ("librispeech/84-121123-0000", "cv/common_voice_en_1.mp3#r2", "a%2Eb/c", "中文/1"):
         key = wds_key(sid)
         assert "." not in key and "/" not in key and sample_id_of_key(key) == sid
-
-
-def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
-    def boom(tmp: Path) -> None:
-        tmp.write_text("partial")
-        raise RuntimeError("killed")
-
-    with pytest.raises(RuntimeError):
-        atomic_write(tmp_path / "x.parquet", boom)
-    assert list(tmp_path.iterdir()) == []

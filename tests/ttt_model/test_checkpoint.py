@@ -14,9 +14,10 @@ from tokenization.codecs.base import CodecIdentity
 from tokenization.sequence import Part, Turn, build_chat, spans_to_pylist
 from tokenization.text import load_text_tokenizer
 from tokenization.vocab import UnifiedVocab, VocabMismatchError
+from ttt_model.core.checkpoint_layout import load_objective
 from ttt_model.core.collator import PackedBatch, TtTCollator
 from ttt_model.core.model import build_model, forward_hidden, lm_head_weight
-from ttt_model.core.model_checkpoint import load_checkpoint, load_extra, load_objective, save_checkpoint
+from ttt_model.core.model_checkpoint import load_checkpoint, load_extra, save_checkpoint
 from ttt_model.core.objective import ObjectiveConfig
 
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,

@@ -30,7 +30,8 @@ from tokenization.vocab import EOA_FINAL, EOA_USER, SOA, SOA_FINAL, UnifiedVocab
 from tokenization.vocab_factory import make_vocab
 from ttt_model.core.model import build_model
 from ttt_model.core.model_checkpoint import save_checkpoint
-from ttt_model.decoding.sampler import AudioBlock, SamplerConfig, SpanEnd, TurnEnd
+from ttt_model.decoding.events import AudioBlock, SpanEnd, TurnEnd
+from ttt_model.decoding.sampler_config import SamplerConfig
 from ttt_model.decoding.speech_lm import (
     AudioOut,
     Message,

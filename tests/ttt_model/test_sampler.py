@@ -27,22 +27,14 @@ from tokenization.text import TextTokenizer
 from tokenization.vocab import EOA, EOA_FINAL, SOA, SOA_FINAL, UnifiedVocab
 from ttt_model.core.model import build_model
 from ttt_model.core.objective import plan_targets
+from ttt_model.decoding.events import AudioBlock, Generation, LogitsContext, SpanEnd, TextDelta, TurnEnd
 from ttt_model.decoding.kv_cache import CachedBackend, Chunk
-from ttt_model.decoding.sampler import (
-    AudioBlock,
-    Generation,
-    LogitsContext,
-    RecomputeBackend,
-    SamplerConfig,
-    SpanEnd,
-    TextDelta,
-    TtTSampler,
-    TurnEnd,
-    _Detokenizer,
-    chat_spans,
-    prompt_block_ids,
-)
-from ttt_model.decoding.token_sampling import SamplingParams, commit_schedule, filter_logits, select_commits
+from ttt_model.decoding.prompt import chat_spans, prompt_block_ids
+from ttt_model.decoding.recompute import RecomputeBackend
+from ttt_model.decoding.row_state import Detokenizer
+from ttt_model.decoding.sampler_config import SamplerConfig, SamplingParams
+from ttt_model.decoding.token_sampling import commit_schedule, filter_logits, select_commits
+from ttt_model.decoding.ttt_sampler import TtTSampler
 
 CONF = Path(__file__).resolve().parents[2] / "workflows" / "conf" / "sampler" / "default.yaml"
 TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -136,9 +128,9 @@ class RecordingOracle(RecomputeBackend):
         super().__init__(model, batch)
         self.passes: list[list[tuple[list[int], list[int]]]] = [[] for _ in range(batch)]
 
-    def _one(self, chunk: Chunk) -> torch.Tensor:
+    def _forward_chunk(self, chunk: Chunk) -> torch.Tensor:
         self.passes[chunk.row].append(self.inputs(chunk))
-        return super()._one(chunk)
+        return super()._forward_chunk(chunk)
 
 
 def recorded_run(model: torch.nn.Module, vocab: UnifiedVocab, cfg: SamplerConfig, prompts: list[list[int]],
@@ -444,7 +436,7 @@ def test_modes_only_emit_their_own_tokens(model: torch.nn.Module, vocab: Unified
 def test_streaming_text_waits_for_whole_characters(vocab: UnifiedVocab) -> None:
     text = "Grüße 你好, world — 🎧 ok"
     ids = vocab.encode_text(text)
-    detok = _Detokenizer(vocab)
+    detok = Detokenizer(vocab)
     deltas = [detok.push(i) for i in ids] + [detok.flush()]
     assert "".join(deltas) == text and not any("\ufffd" in d for d in deltas)
 
@@ -468,7 +460,7 @@ def test_filter_logits_top_k_top_p() -> None:
 
 def test_config_file_matches_defaults_and_rejects_typos() -> None:
     assert SamplerConfig.from_mapping(yaml.safe_load(CONF.read_text())) == SamplerConfig()
-    with pytest.raises(ValueError, match="unknown sampler config keys"):
+    with pytest.raises(ValueError, match="sampler: unknown config keys"):
         SamplerConfig.from_mapping({"steps": 3})
     with pytest.raises(ValueError, match="backend"):
         SamplerConfig(backend="fast")

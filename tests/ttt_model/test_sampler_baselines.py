@@ -29,19 +29,10 @@ from tests.ttt_model.test_sampler import (
 from tokenization.sequence import Part, Turn, build_chat, spans_from_ids, validate_spans
 from tokenization.vocab import EOA, EOA_FINAL, EOA_USER, SOA, SOA_FINAL, UnifiedVocab
 from ttt_model.core.objective import plan_targets
-from ttt_model.decoding.sampler import (
-    AudioBlock,
-    LogitsContext,
-    SamplerConfig,
-    SpanEnd,
-    TextDelta,
-    TtTSampler,
-    TurnEnd,
-    chat_spans,
-    prompt_block_ids,
-    resolve_decode,
-)
-from ttt_model.decoding.token_sampling import SamplingParams
+from ttt_model.decoding.events import AudioBlock, LogitsContext, SpanEnd, TextDelta, TurnEnd
+from ttt_model.decoding.prompt import chat_spans, prompt_block_ids
+from ttt_model.decoding.sampler_config import SamplerConfig, SamplingParams, resolve_decode
+from ttt_model.decoding.ttt_sampler import TtTSampler
 
 AR = SamplerConfig(block_length=8, steps_per_block=3, max_span=20, max_new_tokens=90, decode="ar")
 NAR = SamplerConfig(block_length=8, steps_per_block=3, max_span=20, max_new_tokens=60, decode="nar")

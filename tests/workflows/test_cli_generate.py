@@ -24,7 +24,7 @@ from tests.ttt_model.test_generate import (
     scripted_checkpoint,
 )
 from tokenization import codecs
-from ttt_model.decoding.sampler import SamplerConfig
+from ttt_model.decoding.sampler_config import SamplerConfig
 from workflows import cli_generate
 
 

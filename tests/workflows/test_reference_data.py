@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from pipelines import duck
 from tests.pipelines.reference_samples import CHATS, DOC_EN, DOC_ZH, write_reference_data
 from workflows import cli
-from workflows import tokenize as tokenize_workflow
+from workflows import tokenize_data as tokenize_workflow
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "workflows" / "conf"

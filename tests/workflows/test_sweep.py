@@ -31,7 +31,7 @@ from pipelines.eval.report import build_report
 from tests.ttt_model.test_generate import ToneCodec, save_byte_tokenizer
 from tests.workflows.test_train import TINY_MODEL, write_shards
 from tokenization.vocab_factory import make_vocab
-from ttt_model.core.model_checkpoint import OBJECTIVE_FILE
+from ttt_model.core.checkpoint_layout import OBJECTIVE_FILE
 from ttt_model.training.plan import plan_run
 from ttt_model.training.settings import TrainConfigError
 from workflows.sweep import SweepConfigError, plan_variants, run, without_objective

@@ -33,8 +33,9 @@ from tokenization.sequence import SPAN_ARROW_TYPE, Part, Turn, build_chat, build
 from tokenization.shard_format import MANIFEST_FILE, PARQUET_DIR
 from tokenization.text import load_text_tokenizer
 from tokenization.vocab import UnifiedVocab, write_manifest
+from ttt_model.core.checkpoint_layout import load_objective
 from ttt_model.core.model import build_model
-from ttt_model.core.model_checkpoint import load_checkpoint, load_objective, save_checkpoint
+from ttt_model.core.model_checkpoint import load_checkpoint, save_checkpoint
 from ttt_model.training.settings import TrainConfigError, parse_settings
 from ttt_model.training.telemetry import read_jsonl
 from workflows.train import run

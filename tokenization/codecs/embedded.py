@@ -46,6 +46,7 @@ from tqdm import tqdm
 
 from tokenization.audio import resample
 from tokenization.codecs.base import AudioCodec, CodecIdentity, StreamingDecoder, hash_arrays
+from ttt_common.config import reject_unknown_keys
 
 NAME = "ttt-embedded"
 VERSION = "1"  # bump when analysis, quantisation or decoding changes meaning
@@ -80,9 +81,7 @@ class EmbeddedCodecConfig:
     def from_mapping(cls, cfg: Mapping[str, Any]) -> EmbeddedCodecConfig:
         """Parse a `codec` config group; unknown keys are errors (a typo must not silently fall back)."""
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known - _NON_PARAM_KEYS)
-        if unknown:
-            raise ValueError(f"unknown embedded codec settings {unknown}; known: {sorted(known)}")
+        reject_unknown_keys(cfg, known, "codec", what="embedded codec settings", ignore=_NON_PARAM_KEYS)
         values = {k: cfg[k] for k in known if k in cfg}
         if "codebook_sizes" in values:
             values["codebook_sizes"] = tuple(int(k) for k in values["codebook_sizes"])

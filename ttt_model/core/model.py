@@ -21,12 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.attention.flex_attention import BlockMask
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from tokenization.vocab import UnifiedVocab
+from ttt_common.config import reject_unknown_keys
 from ttt_model.core.attention import build_attention
+from ttt_model.core.checkpoint_layout import MANIFEST_FILE
 from ttt_model.core.collator import PackedBatch
-from ttt_model.core.model_checkpoint import MANIFEST_FILE, load_checkpoint
+from ttt_model.core.model_checkpoint import load_checkpoint
 
 # attn_implementation (transformers name) -> mask kind that ttt_model.core.attention.build_attention makes for it.
 BACKENDS = {"sdpa": "sdpa", "flex_attention": "flex"}
@@ -67,13 +70,13 @@ def build_model(model_cfg: Mapping[str, Any], vocab: UnifiedVocab,
     vocabulary; only the round-up padding is new (`_trained_rows`).
     """
     cfg = _plain(model_cfg)
-    _check_keys(cfg, _TOP_KEYS, "model")
-    _check_keys(cfg.get("new_rows") or {}, _NEW_ROW_KEYS, "model.new_rows")
+    reject_unknown_keys(cfg, _TOP_KEYS, "model")  # a misspelt option would otherwise be silently ignored
+    reject_unknown_keys(cfg.get("new_rows") or {}, _NEW_ROW_KEYS, "model.new_rows")
     init = cfg.get("init", "random")
     impl = resolve_attn_implementation(cfg.get("attn_implementation", "auto"), device)
     dtype = _dtype(cfg.get("dtype", "float32"))
     arch = dict(cfg.get("config") or {})
-    _check_keys(arch, _CONFIG_KEYS, "model.config (Qwen2Config)")
+    reject_unknown_keys(arch, _CONFIG_KEYS, "model.config (Qwen2Config)", list_known=False)
     with torch.random.fork_rng(devices=[]):  # weights are drawn on the CPU; only its generator is seeded
         torch.default_generator.manual_seed(int(cfg.get("seed", 0)))
         if init == "random":
@@ -116,12 +119,23 @@ def forward_hidden(model: Qwen2ForCausalLM, batch: PackedBatch, backend: str | N
     if backend is not None and backend != own:
         raise ValueError(f"mask backend {backend!r} does not match the model's attention ({own!r})")
     batch = batch.to(model.device)
-    mask = build_attention(batch, own)
+    return forward_masked(model, batch.input_ids, batch.position_ids, build_attention(batch, own))
+
+
+def forward_masked(model: Qwen2ForCausalLM, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                   mask: torch.Tensor | BlockMask, cache: Any = None) -> torch.Tensor:
+    """Last hidden states [B, L, H] of the transformer (no LM head) with our own `mask` handed to every layer as
+    is (the dict hand-off in the module docstring) and explicit `position_ids`. Training (`forward_hidden`), the
+    sampler's KV-cache backend and its full-recompute oracle all run the model through it. `cache`: an object with
+    the `Cache.update` method that this pass's keys/values go to (ttt_model/decoding/kv_cache.py `RaggedKVCache`);
+    None runs without a cache.
+    """
+    extra: dict[str, Any] = {"use_cache": False} if cache is None else {"cache": cache, "use_cache": True}
     out = model.model(
-        input_ids=batch.input_ids,
-        position_ids=batch.position_ids,
+        input_ids=input_ids,
+        position_ids=position_ids,
         attention_mask=dict.fromkeys(model.config.layer_types, mask),
-        use_cache=False,
+        **extra,
     )
     return out.last_hidden_state
 
@@ -241,13 +255,6 @@ def _check_full_attention(config: Qwen2Config) -> None:
     if any(t != "full_attention" for t in config.layer_types):
         raise ValueError(f"sliding-window layers are not supported (layer_types={sorted(set(config.layer_types))}); "
                          "set use_sliding_window: false")
-
-
-def _check_keys(cfg: Mapping[str, Any], allowed: frozenset[str], where: str) -> None:
-    """Refuse unknown keys: a misspelt option would otherwise be silently ignored."""
-    unknown = set(cfg) - allowed
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
 
 
 def _dtype(name: str | torch.dtype) -> torch.dtype:

@@ -12,9 +12,10 @@ never a directory that loads wrong. `extra` carries the training loop's own stat
 scheduler, RNG, data position), saved in the same atomic step.
 
 `objective.json` records the training objective (workflows/conf/objective: `mode` ttt | ar | nar and the rest
-of the group), because a checkpoint must be decoded the way it was trained (ttt_model/decoding/sampler.py `decode:
-auto`). It is JSON beside the weights, not part of `extra`, so evaluation drivers read it without torch and
-without loading the optimizer state; a checkpoint without it (older ones) reads as "not recorded".
+of the group), because a checkpoint must be decoded the way it was trained (ttt_model/decoding/sampler_config.py
+`decode: auto`). It is JSON beside the weights, not part of `extra`, so evaluation drivers read it without torch and
+without loading the optimizer state (ttt_model/core/checkpoint_layout.py: the file names and that reader); a
+checkpoint without it (older ones) reads as "not recorded".
 """
 
 from __future__ import annotations
@@ -32,10 +33,7 @@ import torch
 from transformers import Qwen2ForCausalLM
 
 from tokenization.vocab import check_compatible, read_manifest, write_manifest
-
-MANIFEST_FILE = "vocab_manifest.json"
-EXTRA_FILE = "training_state.pt"
-OBJECTIVE_FILE = "objective.json"
+from ttt_model.core.checkpoint_layout import EXTRA_FILE, MANIFEST_FILE, OBJECTIVE_FILE
 
 
 def save_checkpoint(model: Qwen2ForCausalLM, vocab_manifest: Mapping[str, Any], out_dir: str | Path,
@@ -102,12 +100,6 @@ def load_extra(path: str | Path) -> dict[str, Any] | None:
     """The `extra` state saved with a checkpoint, or None when it was saved without one."""
     f = Path(path).expanduser() / EXTRA_FILE
     return torch.load(f, map_location="cpu", weights_only=True) if f.is_file() else None
-
-
-def load_objective(path: str | Path) -> dict[str, Any] | None:
-    """The training objective recorded with a checkpoint, or None when it has no record (older checkpoints)."""
-    f = Path(path).expanduser() / OBJECTIVE_FILE
-    return json.loads(f.read_text()) if f.is_file() else None
 
 
 def _check_rows(model: Qwen2ForCausalLM, manifest: Mapping[str, Any], where: Path) -> None:

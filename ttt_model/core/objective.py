@@ -33,7 +33,7 @@ Audio attention (`ObjectiveConfig.audio_attention`, TtT mode only):
   With next-token alignment the codes of decoding block j (span tokens jB + 1 .. (j + 1)B, B = audio_block)
   are predicted by positions jB .. (j + 1)B - 1, which is exactly attention block j: every prediction of one
   decoding block sees the same tokens, and nothing of a later block. So a finished block's keys/values never
-  change again and the sampler appends them to its KV cache exactly (ttt_model/decoding/sampler.py).
+  change again and the sampler appends them to its KV cache exactly (ttt_model/decoding/block_diffusion.py).
   Noising, one block per span (`draw_noised_blocks`): at decoding, block j is predicted from CLEAN earlier
   blocks (they are final) and never sees a later one. A single copy of the sequence can only give that to one
   block of a span at a time: each diffused span noises exactly one decoding block j, drawn uniformly from the
@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from tokenization.sequence import Span
+from ttt_common.config import reject_unknown_keys
 
 IGNORE = -100  # label of a position with no target (the cross-entropy ignore index convention)
 KIND_NONE, KIND_AR, KIND_DIFFUSION = 0, 1, 2
@@ -129,14 +130,12 @@ class ObjectiveConfig:
     def from_mapping(cls, cfg: Mapping[str, Any]) -> ObjectiveConfig:
         """Build from a Hydra/OmegaConf node or dict; unknown keys are an error (typos must not pass)."""
         known = {f.name for f in fields(cls)}
-        unknown = set(cfg) - known
-        if unknown:
-            raise ValueError(f"unknown objective config keys {sorted(unknown)}")
+        reject_unknown_keys(cfg, known, "objective", what="objective config keys")
         values = {k: cfg[k] for k in cfg}
         if "trunc_keep" in values:
             values["trunc_keep"] = tuple(float(x) for x in values["trunc_keep"])
-        if "task_weights" in values:
-            values["task_weights"] = {str(k): v for k, v in (values["task_weights"] or {}).items()}
+        if "task_weights" in values:  # a weight of 1 is no weight: the config that lists every task equals {}
+            values["task_weights"] = {str(k): v for k, v in (values["task_weights"] or {}).items() if v != 1}
         return cls(**values)
 
     def task_weight(self, task: str | None) -> float:

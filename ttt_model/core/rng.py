@@ -22,12 +22,6 @@ def _words(text: str) -> list[int]:
     return [int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:], "little")]
 
 
-def sample_key(sample_id: str) -> int:
-    """A stable integer for a sample id (used to order samples canonically inside a micro-batch)."""
-    hi, lo = _words(sample_id)
-    return (hi << 32) | lo
-
-
 def sample_rng(seed: int, epoch: int, sample_id: str, stream: str) -> np.random.Generator:
     """The generator for one purpose (`stream`) of one sample in one epoch."""
     if seed < 0 or epoch < 0:

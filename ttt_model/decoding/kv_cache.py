@@ -15,7 +15,7 @@ A chunk's queries see every committed key of their row (the prefix is always com
 an audio span is one block, or block-causal a run of blocks that are causal to each other, so nothing inside
 a chunk may be seen by anything before it) and, inside the chunk, what `ttt_model.core.attention.allowed` permits
 for the chunk's own block ids. That is exactly the training mask restricted to the new rows of the sequence,
-which is why cached decoding reproduces the full-recompute oracle (`ttt_model.decoding.sampler.RecomputeBackend`)
+which is why cached decoding reproduces the full-recompute oracle (`ttt_model.decoding.recompute.RecomputeBackend`)
 token for token.
 
 `RaggedKVCache` duck-types the one `Cache` method Qwen2 attention calls (`update`); Qwen2Model consults
@@ -32,6 +32,7 @@ import torch
 from transformers import Qwen2ForCausalLM
 
 from ttt_model.core.attention import allowed
+from ttt_model.core.model import forward_masked
 
 
 @dataclass(frozen=True)
@@ -180,13 +181,7 @@ class CachedBackend:
         cache = self.cache
         positions = cache.begin(rows, q_len)
         mask = cache.chunk_mask(rows, blocks.to(device), n_real)
-        hidden = self.model.model(
-            input_ids=ids.to(device),
-            position_ids=positions,
-            attention_mask=dict.fromkeys(self.model.config.layer_types, mask),
-            cache=cache,
-            use_cache=True,
-        ).last_hidden_state
+        hidden = forward_masked(self.model, ids.to(device), positions, mask, cache=cache)
         cache.commit(rows, [c.keep for c in chunks])
         self.forward_passes += 1
         self.tokens_processed += int(n_real.sum())

@@ -13,7 +13,7 @@ starts after the first block instead of the end of the turn. `answer` collects o
 
 The decoder follows the checkpoint's recorded training objective (`objective.json`; sampler `decode: auto`):
 a TtT checkpoint gets AR text + diffusion spans (block-causal ones when it was trained with them), an AR or NAR
-baseline its own decoder (ttt_model/decoding/sampler.py).
+baseline its own decoder (ttt_model/decoding/ttt_sampler.py).
 """
 
 from __future__ import annotations
@@ -34,18 +34,12 @@ from tokenization.sequence import Part, Turn, build_chat
 from tokenization.text import BUNDLED
 from tokenization.vocab import UnifiedVocab, check_compatible, read_manifest
 from tokenization.vocab_factory import make_vocab, manifest_subset
-from ttt_model.core.model_checkpoint import MANIFEST_FILE, load_checkpoint, load_objective
-from ttt_model.decoding.sampler import (
-    AudioBlock,
-    DecodeRun,
-    Event,
-    LogitsProcessor,
-    SamplerConfig,
-    TextDelta,
-    TtTSampler,
-    TurnEnd,
-    resolve_decode,
-)
+from ttt_model.core.checkpoint_layout import MANIFEST_FILE, load_objective
+from ttt_model.core.model_checkpoint import load_checkpoint
+from ttt_model.decoding.decode_run import DecodeRun
+from ttt_model.decoding.events import AudioBlock, Event, LogitsProcessor, TextDelta, TurnEnd
+from ttt_model.decoding.sampler_config import SamplerConfig, resolve_decode
+from ttt_model.decoding.ttt_sampler import TtTSampler
 
 AudioInput = str | Path | tuple[np.ndarray, int]
 

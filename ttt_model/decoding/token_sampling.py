@@ -2,35 +2,15 @@
 positions a diffusion step commits.
 
 Pure functions over logits, shared by the cached sampler and the full-recompute oracle: the two differ
-only in how they compute hidden states, so equal hidden states give equal tokens.
+only in how they compute hidden states, so equal hidden states give equal tokens. The settings they read
+(`SamplingParams`) live in ttt_model/decoding/sampler_config.py, which stays free of torch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How one mode (text or audio) picks tokens. temperature 0 = greedy (argmax); top_k 0 and top_p 1 = off."""
-
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
+from ttt_model.decoding.sampler_config import SamplingParams
 
 
 def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:

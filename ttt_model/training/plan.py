@@ -23,8 +23,8 @@ import torch
 
 from tokenization.vocab import UnifiedVocab, read_manifest
 from tokenization.vocab_factory import vocab_settings
+from ttt_model.core.checkpoint_layout import MANIFEST_FILE
 from ttt_model.core.model import build_model
-from ttt_model.core.model_checkpoint import MANIFEST_FILE
 from ttt_model.core.objective import ObjectiveConfig
 from ttt_model.training.data import ShardSet, check_vocab, discover_shards, training_vocab
 from ttt_model.training.resume_checkpoint import MODEL_DIR

@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from ttt_common.config import reject_unknown_keys
+
 BATCH_UNITS = ("samples", "tokens")
 SCHEDULES = ("cosine", "linear", "constant_with_warmup")
 MIXED_PRECISION = (None, "bf16")
@@ -164,9 +166,7 @@ _NESTED = {
 
 def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
     known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise TrainConfigError(f"{where}: unknown keys {unknown} (known: {sorted(known)})")
+    reject_unknown_keys(values, known, where, TrainConfigError)
     kwargs = {}
     for k, v in values.items():
         if k in _NESTED and cls is TrainSettings:

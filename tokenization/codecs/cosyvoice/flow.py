@@ -86,7 +86,6 @@ class ConditionalCFM(nn.Module):
         if self.t_scheduler not in ("linear", "cosine"):
             raise ValueError(f"unsupported t_scheduler {self.t_scheduler!r}")
         self.inference_cfg_rate = float(cfm_params.get("inference_cfg_rate", 0.7))  # type: ignore[arg-type]
-        self.n_feats = in_channels
         self.spk_emb_dim = spk_emb_dim
         self.estimator = estimator
 

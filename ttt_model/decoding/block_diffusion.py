@@ -34,15 +34,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 
 from ttt_model.core.objective import span_blocks
-from ttt_model.decoding.decode_run import DecodeRun
+from ttt_model.decoding.decode_run import DecodeRun, masked_positions
 from ttt_model.decoding.events import Event
 from ttt_model.decoding.kv_cache import Chunk
 from ttt_model.decoding.row_state import RowState, SpanState
-from ttt_model.decoding.token_sampling import commit_schedule, select_commits
+from ttt_model.decoding.token_sampling import commit_schedule
 
 
 class BlockDiffusionRun(DecodeRun):
@@ -104,16 +103,11 @@ class BlockDiffusionRun(DecodeRun):
         assert span is not None
         mask_id = s.vocab.mask_id
         ids = span.ids
-        targets = np.array([j for j in range(span.block_start, len(ids)) if ids[j] == mask_id], dtype=np.int64)
+        targets = masked_positions(ids, span.block_start, mask_id)
         # span position j - 1 predicts token j; the chunk started at span position `fed`
         states = hidden[torch.as_tensor(targets - 1 - span.fed, device=hidden.device)]
         tokens, conf = s.propose_audio(row.index, row.generated, states, targets, span.closer, row.generator)
-        k = span.schedule[min(span.step, len(span.schedule) - 1)]
-        picked = tokens.tolist()
-        for i in select_commits(conf, k, s.cfg.threshold).tolist():
-            ids[int(targets[i])] = picked[i]
-        span.step += 1
-        self.stats.diffusion_steps += 1
+        self._commit(span, targets, tokens, conf)
         cut = self._first_closer(span)
         if cut is not None:
             # training's span ends at its closer: what follows it must leave the block now, not when the span

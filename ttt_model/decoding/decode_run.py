@@ -26,10 +26,16 @@ from ttt_model.decoding.events import AudioBlock, DecodeStats, Event, Generation
 from ttt_model.decoding.kv_cache import CachedBackend, Chunk
 from ttt_model.decoding.prompt import prompt_block_ids
 from ttt_model.decoding.recompute import RecomputeBackend
-from ttt_model.decoding.row_state import Detokenizer, RowState, SpanState
+from ttt_model.decoding.row_state import Detokenizer, ResponseState, RowState, SpanState
+from ttt_model.decoding.token_sampling import select_commits
 
 if TYPE_CHECKING:
     from ttt_model.decoding.ttt_sampler import TtTSampler
+
+
+def masked_positions(ids: list[int], start: int, mask_id: int) -> np.ndarray:
+    """Indices j >= start where `ids` still holds the mask: the tokens a diffusion step predicts."""
+    return np.array([j for j in range(start, len(ids)) if ids[j] == mask_id], dtype=np.int64)
 
 
 class DecodeRun:
@@ -132,6 +138,17 @@ class DecodeRun:
         raise NotImplementedError
 
     # -- audio spans (ttt, ar) -------------------------------------------------------------------------
+    def _commit(self, block: SpanState | ResponseState, targets: np.ndarray, tokens: torch.Tensor,
+                conf: torch.Tensor) -> None:
+        """Commit one diffusion step's proposals for the masked `targets` of `block`: the step's share of the commit
+        schedule, most confident first (or every proposal above the threshold), then count the step."""
+        k = block.schedule[min(block.step, len(block.schedule) - 1)]
+        picked = tokens.tolist()
+        for i in select_commits(conf, k, self.sampler.cfg.threshold).tolist():
+            block.ids[int(targets[i])] = picked[i]
+        block.step += 1
+        self.stats.diffusion_steps += 1
+
     def _new_span(self, row: RowState, opener: int) -> SpanState:
         """Open an empty span after `opener` as `row.span`, with room for as many codes as the budget allows."""
         limit = min(self.sampler.cfg.max_span, row.budget - 1)  # leave room for the closer

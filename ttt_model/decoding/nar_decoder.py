@@ -36,11 +36,11 @@ import numpy as np
 import torch
 
 from tokenization.vocab import SOA_FINAL
-from ttt_model.decoding.decode_run import DecodeRun
+from ttt_model.decoding.decode_run import DecodeRun, masked_positions
 from ttt_model.decoding.events import AudioBlock, Event, SpanEnd, TextDelta
 from ttt_model.decoding.kv_cache import Chunk
 from ttt_model.decoding.row_state import ResponseState, RowState
-from ttt_model.decoding.token_sampling import commit_schedule, select_commits
+from ttt_model.decoding.token_sampling import commit_schedule
 
 if TYPE_CHECKING:
     from ttt_model.decoding.ttt_sampler import TtTSampler
@@ -90,16 +90,11 @@ class NarDecodeRun(DecodeRun):
         s, resp = self.sampler, row.response
         assert resp is not None
         mask_id, ids = s.vocab.mask_id, resp.ids
-        targets = np.array([j for j in range(resp.block_start, len(ids)) if ids[j] == mask_id], dtype=np.int64)
+        targets = masked_positions(ids, resp.block_start, mask_id)
         # response token j sits at block position len(head) + j and is predicted by the position before it
         states = hidden[torch.as_tensor(len(resp.head) + targets - 1, device=hidden.device)]
         tokens, conf = s.propose_response(row.index, row.generated, states, targets, row.generator)
-        k = resp.schedule[min(resp.step, len(resp.schedule) - 1)]
-        picked = tokens.tolist()
-        for i in select_commits(conf, k, s.cfg.threshold).tolist():
-            ids[int(targets[i])] = picked[i]
-        resp.step += 1
-        self.stats.diffusion_steps += 1
+        self._commit(resp, targets, tokens, conf)
         stop = self._first_stop(ids)
         if stop is not None:
             # training's block ends exactly at <|im_end|>: what follows it must leave the block now, not when the

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from tokenization.codecs import build_codec
 from tokenization.codecs.embedded import (
@@ -189,6 +190,13 @@ def test_factories_load_the_fitted_codec(codec_dir: Path, codec: EmbeddedCodec) 
     assert EmbeddedCodec.load(codec_dir / PARAMS_FILE).identity == codec.identity
     with pytest.raises(ValueError, match="needs `path`"):
         load_codec({"kind": "embedded"})
+
+
+def test_the_shipped_codec_group_is_the_dataclass_default() -> None:
+    """workflows/conf/codec/embedded.yaml states the defaults users read; the dataclass must not drift from it."""
+    shipped = yaml.safe_load((Path(__file__).resolve().parents[2] / "workflows/conf/codec/embedded.yaml").read_text())
+    assert EmbeddedCodecConfig.from_mapping({k: v for k, v in shipped.items() if k not in ("kind", "path")}) == (
+        EmbeddedCodecConfig())
 
 
 def test_config_validation() -> None:

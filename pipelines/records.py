@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from ttt_common.config import reject_unknown_keys
+from ttt_common.config_tools import reject_unknown_keys
 
 TASKS = ("asr", "tts", "audio_chat", "text_chat", "interleaved", "aac", "sec", "asc", "spoken_qa")
 

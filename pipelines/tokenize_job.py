@@ -73,7 +73,7 @@ from tokenization.codecs.base import CodecIdentity
 from tokenization.codecs.declared import KIND as DECLARED_KIND
 from tokenization.shard_format import MANIFEST_FILE, PARQUET_DIR, QUARANTINE_DIR, WDS_DIR, shard_name
 from tokenization.vocab import UnifiedVocab, read_manifest, write_manifest
-from ttt_common.config import config_digest
+from ttt_common.config_tools import config_digest
 from ttt_common.files import atomic_write
 
 JOB_FORMAT = 2  # bump when staged or shard content changes for the same configuration

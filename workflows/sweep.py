@@ -49,7 +49,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from ttt_common.config import reject_unknown_keys
+from ttt_common.config_tools import reject_unknown_keys
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 OBJECTIVE_GROUP = "objective"

@@ -23,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from tokenization.audio import resample, to_mono
-from ttt_common.config import reject_unknown_keys
+from ttt_common.config_tools import reject_unknown_keys
 
 ASR_SAMPLE_RATE = 16000  # every supported recogniser listens at 16 kHz
 BUNDLED_TINY_EN = "bundled:whisper-tiny.en"

@@ -49,7 +49,7 @@ from pipelines.eval.judges import VALID, Judgment, aggregate, build_judge
 from pipelines.eval.scoring import accuracy_vs_control, derangement, error_rate, error_rate_vs_control
 from pipelines.eval.table import OBJECTIVE_SYSTEMS, SYSTEM_MODES, build_table, system_label, table_markdown
 from pipelines.ray_runtime import ensure_ray
-from ttt_common.config import config_digest, reject_unknown_keys
+from ttt_common.config_tools import config_digest, reject_unknown_keys
 from ttt_common.files import atomic_write_text
 from ttt_model.core.checkpoint_layout import MANIFEST_FILE, OBJECTIVE_FILE, load_objective
 from ttt_model.decoding.sampler_config import DECODE_MODES

@@ -23,7 +23,7 @@ from typing import Any
 
 import requests
 
-from ttt_common.config import reject_unknown_keys
+from ttt_common.config_tools import reject_unknown_keys
 
 DEFAULT_KEY_ENV = ("TTT_JUDGE_API_KEY", "OPENAI_API_KEY")
 RETRY_STATUS = frozenset({408, 409, 425, 429}) | frozenset(range(500, 600))

@@ -35,7 +35,7 @@ from pipelines.synthetic import layouts, textgen
 from pipelines.synthetic.layouts import CorpusPlan, Speaker, Spoken, SpokenQA
 from pipelines.synthetic.synthesis import run_jobs
 from pipelines.synthetic.textgen import QAItem, Statement, TextGenConfig, rng_for
-from ttt_common.config import config_digest, reject_unknown_keys
+from ttt_common.config_tools import config_digest, reject_unknown_keys
 from ttt_common.files import atomic_write_text
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from pipelines.synthetic import facts
-from ttt_common.config import reject_unknown_keys
+from ttt_common.config_tools import reject_unknown_keys
 
 TOPIC_TITLES = {
     "capital": "Capital cities", "color": "The colors of things", "sound": "Animal sounds",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ttt_common.config import config_digest, reject_unknown_keys
+from ttt_common.config_tools import config_digest, reject_unknown_keys
 from ttt_common.files import atomic_path, atomic_write, atomic_write_text
 
 PAYLOAD = {"b": [1, 2], "a": {"z": Path("/x"), "y": None}}

@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from tokenization.audio import resample
 from tokenization.codecs.base import AudioCodec, CodecIdentity, StreamingDecoder, hash_arrays
-from ttt_common.config import reject_unknown_keys
+from ttt_common.config_tools import reject_unknown_keys
 
 NAME = "ttt-embedded"
 VERSION = "1"  # bump when analysis, quantisation or decoding changes meaning

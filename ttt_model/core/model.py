@@ -25,7 +25,7 @@ from torch.nn.attention.flex_attention import BlockMask
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from tokenization.vocab import UnifiedVocab
-from ttt_common.config import reject_unknown_keys
+from ttt_common.config_tools import reject_unknown_keys
 from ttt_model.core.attention import build_attention
 from ttt_model.core.checkpoint_layout import MANIFEST_FILE
 from ttt_model.core.collator import PackedBatch

@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from tokenization.sequence import Span
-from ttt_common.config import reject_unknown_keys
+from ttt_common.config_tools import reject_unknown_keys
 
 IGNORE = -100  # label of a position with no target (the cross-entropy ignore index convention)
 KIND_NONE, KIND_AR, KIND_DIFFUSION = 0, 1, 2

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ttt_common.config import reject_unknown_keys
+from ttt_common.config_tools import reject_unknown_keys
 from ttt_model.core.objective import MODES, ObjectiveConfig
 
 BACKENDS = ("cache", "recompute")

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ttt_common.config import reject_unknown_keys
+from ttt_common.config_tools import reject_unknown_keys
 
 BATCH_UNITS = ("samples", "tokens")
 SCHEDULES = ("cosine", "linear", "constant_with_warmup")

@@ -5,7 +5,9 @@ are most of its parameters and most of its step time, for ids the data never con
 tokens the corpus uses makes the same model several times cheaper to train (short training probes:
 ~2,000 vs ~900 tok/s on 2 cores) without changing what any text means.
 
-The subset is lossless for ANY text, not only the corpus:
+The subset is as lossless as the full tokenizer for ANY text, not only the corpus (both apply Qwen's NFC
+normaliser, so `decode(encode(text))` is the NFC form of `text`, e.g. a CJK compatibility ideograph comes back
+as its unified ideograph):
 - every one of the 256 byte-level tokens is kept, so text the corpus never used still encodes (as bytes);
 - every token the corpus used is kept *with the merge chain that builds it* (the "closure": each merged
   token's two parts, recursively), and the merges among kept tokens keep their original ranks.

@@ -146,13 +146,7 @@ def test_block_causal_flex_attention_matches_sdpa_on_cpu() -> None:
                [Span("audio", 0, 9, "user", False)]]
     doc, blocks = packed_block_causal(samples, 4, 34)
     assert len(blocks.unique()) == 1 + 3 + 2 + 3  # causal, then 3 + 2 blocks in the first sample, 3 in the second
-    torch.manual_seed(0)
-    q, k, v = torch.randn(3, 1, 2, 34, 8).unbind(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # eager flex_attention warns that it is not compiled
-        out = flex_attention(q, k, v, block_mask=build_attention(_Meta(doc, blocks), "flex"))
-    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=build_attention(_Meta(doc, blocks), "sdpa"))
-    torch.testing.assert_close(out, ref)
+    assert_flex_matches_sdpa(doc, blocks)
 
 
 def packed_metadata(batch: int, length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,10 +189,15 @@ def test_flex_mask_is_safe_when_the_row_length_is_not_a_multiple_of_the_tile() -
 
 
 def test_flex_attention_matches_sdpa_on_cpu() -> None:
-    torch.manual_seed(0)
     doc = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1, 1, -1, -1, -1]])
     block = torch.tensor([[-1, 0, 0, 0, -1, 1, 1, -1, -1, -1, -1, -1]])
-    q, k, v = torch.randn(3, 1, 2, 12, 8).unbind(0)
+    assert_flex_matches_sdpa(doc, block)
+
+
+def assert_flex_matches_sdpa(doc: torch.Tensor, block: torch.Tensor) -> None:
+    """Eager FlexAttention with our BlockMask gives SDPA's output with our boolean mask (random q, k, v)."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, doc.shape[0], 2, doc.shape[1], 8).unbind(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # eager flex_attention warns that it is not compiled
         out = flex_attention(q, k, v, block_mask=build_attention(_Meta(doc, block), "flex"))

@@ -128,14 +128,15 @@ class DecodeRun:
         row.finish_reason = reason
         yield TurnEnd(row.index, reason)
 
-    # -- hooks each decoder defines ------------------------------------------------------------------
+    # -- hooks the decoders define: ttt both, ar `_enter_span` only (all its passes are causal), nar
+    # `_diffusion_step` only (it never takes this text step). Reaching one a decoder lacks is a bug in the loop.
     def _enter_span(self, row: RowState, opener: int) -> Iterator[Event]:
         """The text step chose `opener`: set up the audio span that follows it."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} never opens an audio span from the text step")
 
     def _diffusion_step(self, row: RowState, hidden: torch.Tensor) -> Iterator[Event]:
         """Commit the most confident masked positions from the states `hidden` of a span/response pass."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} runs no diffusion pass")
 
     # -- audio spans (ttt, ar) -------------------------------------------------------------------------
     def _commit(self, block: SpanState | ResponseState, targets: np.ndarray, tokens: torch.Tensor,

@@ -52,7 +52,6 @@ _.skip_language_detection
 
 # Public API that only tests and users call (the library's own code has no caller).
 _.make_random_s3_tokenizer  # tokenization/codecs/s3.py: random-weight S3 tokenizer files for tests
-_.KIND_NONE  # ttt_model/core/objective.py: the third loss kind, named for readers of loss_kind
 _.up_to_date  # pipelines/tokenize_job.py JobReport: what the run did, for callers
 _.resumed_records
 _.generate_stream  # ttt_model/decoding/speech_lm.py: streaming generation (README: Generation)

@@ -35,6 +35,7 @@ LOSS_HINT = "loss"
 THROUGHPUT_KEYS = ("tokens_per_s", "tokens_per_sec", "tok_per_s", "throughput_tokens_per_s")
 STEP_KEYS = ("step", "global_step", "optimizer_step")
 VALIDATION_PREFIX = "val/"  # held-out loss per task (ttt_model/training/validation.py)
+CONTROL_SUFFIX = "_control"  # the same held-out targets after another sample's prompt
 
 
 # ---------------------------------------------------------------------------------------------- blocks
@@ -264,8 +265,12 @@ def _plot(path: Path, title: str, ylabel: str, series: Mapping[str, tuple[list[f
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
+    colours: dict[str, Any] = {}
     for name, (xs, ys) in series.items():
-        ax.plot(xs, ys, label=name, linewidth=1.2)
+        base = name.removesuffix(CONTROL_SUFFIX)  # a control shares its loss's colour, dashed
+        line, = ax.plot(xs, ys, label=name, linewidth=1.2, color=colours.get(base),
+                        linestyle="--" if name.endswith(CONTROL_SUFFIX) else "-")
+        colours.setdefault(base, line.get_color())
     ax.set_title(title)
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
@@ -312,10 +317,29 @@ def training_section(metric_dirs: Sequence[Path], plots_dir: Path, report_dir: P
             png = plots_dir / f"{slug}_{kind.replace(' ', '_')}.png"
             _plot(png, f"{run}: {kind}", ylabel, series, log_y)
             blocks.append(Image(os.path.relpath(png, report_dir), f"{run} {kind}"))
+        gaps = conditioning_rows(next((r for r in reversed(records) if any(k in r for k in val_keys)), {}))
+        if gaps:
+            blocks.append(Para("Held-out loss at the last validation step with each sample's own prompt and with "
+                               "another held-out sample's prompt (the same targets and noise; "
+                               "ttt_model/training/validation.py). A model that ignores its input has a gap of 0."))
+            blocks.append(Table(("task", "loss", "own prompt", "another sample's prompt", "gap"), gaps))
         last = records[-1]
         shown = [k for k in (*STEP_KEYS, *loss_keys, *speed_keys) if k in last]
         blocks.append(Table(("last record", *shown), (("value", *(_fmt(last[k]) for k in shown)),)))
     return blocks
+
+
+def conditioning_rows(record: Mapping[str, float]) -> list[tuple[Cell, ...]]:
+    """(task, loss, own prompt, another sample's prompt, gap) for every held-out loss with a control in one
+    metrics record (val/<task>/<term> and val/<task>/<term>_control)."""
+    rows: list[tuple[Cell, ...]] = []
+    for key in sorted(record):
+        control = record.get(key + CONTROL_SUFFIX)
+        if key.startswith(VALIDATION_PREFIX) and control is not None:
+            task, term = key[len(VALIDATION_PREFIX):].rsplit("/", 1)
+            own = record[key]
+            rows.append((task, term, f"{own:.3f}", f"{control:.3f}", f"{control - own:+.3f}"))
+    return rows
 
 
 # ------------------------------------------------------------------------------------------ evaluation

@@ -26,9 +26,11 @@ from ttt_model.core.objective import (
     decoding_blocks,
     draw_noised_blocks,
     draw_t,
+    first_target,
     noise_level,
     noise_sample,
     plan_targets,
+    splice_prompt,
 )
 from ttt_model.core.rng import sample_rng
 
@@ -461,3 +463,78 @@ def test_block_causal_plans_are_checked() -> None:
         plan_targets(seq.spans, len(seq.input_ids), "nar", None, BLOCK)
     with pytest.raises(ValueError, match="no decoding block 2"):
         decoding_block_targets(9, 4, 2)
+
+
+def spliced_pairs(cfg: ObjectiveConfig, max_tokens: int = 512) -> list[tuple[np.ndarray, ...]]:
+    """(own noised sample, control sample) rows of the collator, one sample per row, for TTS-like, ASR-like and
+    multi-turn samples with prompts of different lengths."""
+    rng = np.random.default_rng(1)
+    seqs = {
+        "tts": build_chat(VOCAB, [Turn("user", [Part(text="read this aloud please")]),
+                                  Turn("assistant", [Part.audio(rng.integers(0, 512, 30), final=True)])]),
+        "asr": build_chat(VOCAB, [Turn("user", [Part.audio(rng.integers(0, 512, 12))]),
+                                  Turn("assistant", [Part(text="the words")])]),
+        "chat": voice_chat(),
+    }
+    samples = as_samples(**seqs)
+    collator = TtTCollator(VOCAB, cfg, max_tokens, seed=5, packing=False)
+    own = collator(samples, epoch=2)
+    donors = samples[1:] + samples[:1]
+    control = collator(samples, epoch=2, prompt_donors=donors)
+    return [(own, control, s, d) for s, d in zip(samples, donors, strict=True)]
+
+
+@pytest.mark.parametrize("cfg", [ObjectiveConfig(), ObjectiveConfig(audio_attention="block_causal", audio_block=8),
+                                 ObjectiveConfig(mode="ar", banom=False, ppm=False, sst=False),
+                                 ObjectiveConfig(mode="nar", banom=False, ppm=False, sst=False)],
+                         ids=["ttt", "block_causal", "ar", "nar"])
+def test_prompt_control_keeps_the_targets_and_their_noise_and_swaps_only_the_prompt(cfg: ObjectiveConfig) -> None:
+    """The control row of sample i = donor's prompt + sample i's own noised targets: same labels, kinds and weights
+    (so a prompt-blind model scores the same), nothing of i's prompt, and blocks that never span the seam."""
+    for row, (own, control, sample, donor) in enumerate(spliced_pairs(cfg)):
+        n_own = int((own.doc_ids[row] >= 0).sum())
+        n_ctl = int((control.doc_ids[row] >= 0).sum())
+        kinds = own.loss_kind[row, :n_own].numpy()
+        cut = int(np.flatnonzero(kinds)[0])
+        donor_ids = np.asarray(donor["input_ids"])
+        donor_cut = n_ctl - (n_own - cut)
+        assert 0 < donor_cut < len(donor_ids) and cut > 0
+        for name in ("input_ids", "labels", "loss_kind", "loss_weight"):
+            assert torch.equal(getattr(control, name)[row, donor_cut:n_ctl], getattr(own, name)[row, cut:n_own]), name
+        assert np.array_equal(control.input_ids[row, :donor_cut].numpy(), donor_ids[:donor_cut])
+        assert (control.loss_kind[row, :donor_cut] == KIND_NONE).all()
+        head, tail = control.block_ids[row, :donor_cut], control.block_ids[row, donor_cut:n_ctl]
+        assert not set(head[head >= 0].tolist()) & set(tail[tail >= 0].tolist())
+        assert np.array_equal((tail >= 0).numpy(), (own.block_ids[row, cut:n_own] >= 0).numpy())
+        assert not np.array_equal(donor_ids[:donor_cut], np.asarray(sample["input_ids"])[:cut])
+    assert control.n_ar == own.n_ar and control.n_maskable == own.n_maskable
+    assert control.stats["masked"] == own.stats["masked"]
+
+
+def test_prompt_control_drops_the_start_of_a_donor_prompt_that_does_not_fit() -> None:
+    chat, asr = spliced_pairs(PLAIN_TTT)[2][2], spliced_pairs(PLAIN_TTT)[1][2]
+    collator = TtTCollator(VOCAB, PLAIN_TTT, len(asr["input_ids"]), seed=0, packing=False)
+    own = collator([asr], 0)
+    short = collator([asr], 0, prompt_donors=[chat])  # the chat's prompt is longer than the ASR sample's
+    n = int((short.doc_ids[0] >= 0).sum())
+    assert n == short.input_ids.shape[1]  # cut to the row length, never longer
+    tail = int((own.doc_ids[0] >= 0).sum()) - first_target_of(own)
+    assert torch.equal(short.labels[0, n - tail:], own.labels[0, -tail:])
+    assert np.array_equal(short.input_ids[0, : n - tail].numpy(),
+                          np.asarray(chat["input_ids"])[first_target_of(collator([chat], 0)) - (n - tail):
+                                                        first_target_of(collator([chat], 0))])
+    with pytest.raises(ValueError, match="one prompt donor per sample"):
+        collator([asr, asr], 0, prompt_donors=[chat])
+
+
+def first_target_of(batch) -> int:
+    return int(np.flatnonzero(batch.loss_kind[0].numpy())[0])
+
+
+def test_splice_of_a_sample_without_targets_keeps_it_whole() -> None:
+    ids = np.arange(6)
+    plan = plan_targets([], 6, "ttt")
+    empty = noise_sample(ids, plan, 0.5, np.ones(6), VOCAB.mask_id)
+    assert first_target(empty) == 6
+    out = splice_prompt(empty, empty, 100)
+    assert np.array_equal(out.input_ids, ids) and out.n_ar == 0

@@ -13,7 +13,7 @@ from tests.ttt_model.test_loss import DATA, VOCAB, ToyLM, compact, model  # noqa
 from ttt_model.core.collator import PackedBatch, TtTCollator
 from ttt_model.core.loss import LossSums, combine, global_counts, hybrid_loss_sums
 from ttt_model.core.objective import ObjectiveConfig
-from ttt_model.training.validation import is_validation, read_validation_rows, task_losses, utterance_key
+from ttt_model.training.validation import is_validation, read_validation_rows, rotated, task_losses, utterance_key
 
 
 def test_every_view_of_an_utterance_falls_on_the_same_side() -> None:
@@ -70,4 +70,41 @@ def test_ranks_run_equal_forward_counts() -> None:
     for rank in (0, 1):
         calls.clear()
         task_losses(loss_fn, collator, {"chat": DATA[:5]}, 2, rank=rank, world=2, device="cpu")
-        assert len(calls) == 2  # ceil(5 / (2 * 2)): rank 1's second micro-batch is empty
+        assert len(calls) == 4  # ceil(5 / (2 * 2)) = 2, each with its control: rank 1's second is empty
+        calls.clear()
+        task_losses(loss_fn, collator, {"chat": DATA[:5]}, 2, rank=rank, world=2, device="cpu", control=False)
+        assert len(calls) == 2
+
+
+def test_the_control_scores_the_same_targets_after_another_samples_prompt(model: ToyLM) -> None:  # noqa: F811
+    """A prompt-blind loss scores the control exactly like the own prompts (same targets, noise and weights); the
+    toy model, which attends to the prompt, does not; the control equals the donors' collate done by hand."""
+    collator = TtTCollator(VOCAB, ObjectiveConfig(), max_tokens=512, seed=0)
+
+    def blind(batch: PackedBatch) -> LossSums:  # a "model" that sees only the targets
+        w, kind = batch.loss_weight.double(), batch.loss_kind
+        return LossSums((w * (kind == 1) * batch.labels.clamp(min=0) % 7).sum(), 0,
+                        (w * (kind == 2) * batch.labels.clamp(min=0) % 5).sum(), 0)
+
+    def toy(batch: PackedBatch) -> LossSums:
+        b = compact(batch)
+        return hybrid_loss_sums(model(b), model.head, b)
+
+    rows = {"chat": DATA[:5], "other": DATA[5:]}
+    same = task_losses(blind, collator, rows, 2, rank=0, world=1, device="cpu")
+    for terms in same.values():
+        assert terms["ar_control"] == pytest.approx(terms["ar"], rel=1e-12)
+        assert terms["diffusion_control"] == pytest.approx(terms["diffusion"], rel=1e-12)
+    got = task_losses(toy, collator, rows, 3, rank=0, world=1, device="cpu")
+    for task, task_rows in rows.items():
+        donors = [task_rows[(i + len(task_rows) // 2) % len(task_rows)] for i in range(len(task_rows))]
+        assert donors == rotated(task_rows) and all(d is not r for d, r in zip(donors, task_rows, strict=True))
+        batch = collator(task_rows, 0, prompt_donors=donors)
+        n_ar, n_mask = global_counts([collator(task_rows, 0)])
+        with torch.no_grad():
+            _, ar, diff = combine(toy(batch), n_ar, n_mask)
+        assert got[task]["ar_control"] == pytest.approx(float(ar), rel=1e-9)
+        assert got[task]["diffusion_control"] == pytest.approx(float(diff), rel=1e-9)
+        assert got[task]["ar_control"] != pytest.approx(got[task]["ar"], rel=1e-6)
+    one = task_losses(toy, collator, {"chat": DATA[:1]}, 2, rank=0, world=1, device="cpu")
+    assert set(one["chat"]) == {"ar", "diffusion"}  # a single row has no other prompt to borrow

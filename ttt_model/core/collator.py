@@ -28,6 +28,7 @@ from ttt_model.core.objective import (
     noise_level,
     noise_sample,
     plan_targets,
+    splice_prompt,
 )
 from ttt_model.core.packing import fit_to_length, pack
 from ttt_model.core.rng import sample_rng
@@ -121,22 +122,22 @@ class TtTCollator:
             raise ValueError(f"max_tokens must be at least 2, got {max_tokens}")
         self.vocab, self.cfg, self.max_tokens, self.seed, self.packing = vocab, cfg, max_tokens, seed, packing
 
-    def __call__(self, samples: Sequence[Mapping], epoch: int) -> PackedBatch:
+    def __call__(self, samples: Sequence[Mapping], epoch: int,
+                 prompt_donors: Sequence[Mapping] | None = None) -> PackedBatch:
+        """The packed micro-batch of `samples`. `prompt_donors` (one per sample): each sample's targets are scored
+        after its donor's prompt instead of its own (`splice_prompt`), with the sample's own noise: the
+        conditioning control of the held-out losses (ttt_model/training/validation.py)."""
+        if prompt_donors is not None and len(prompt_donors) != len(samples):
+            raise ValueError(f"need one prompt donor per sample, got {len(prompt_donors)} for {len(samples)}")
         prepared = [self._prepare(s, epoch) for s in samples]
-        kept = [p for p in prepared if len(p.ids) >= 2]  # a single token has no position before it
-        p_mask = noise_level(self.diffusion_times([p.sample_id for p in kept], epoch), self.cfg.eps)
-        noised = [
-            noise_sample(
-                p.ids,
-                plan_targets(p.spans, len(p.ids), self.cfg.mode, p.plan_diffused, self.cfg.span_block,
-                             p.noised_blocks),
-                float(pm),
-                sample_rng(self.seed, epoch, p.sample_id, "mask").random(len(p.ids)),
-                self.vocab.mask_id,
-                self.cfg.task_weight(p.task),
-            )
-            for p, pm in zip(kept, p_mask, strict=True)
-        ]
+        keep = [i for i, p in enumerate(prepared) if len(p.ids) >= 2]  # a single token has no position before it
+        kept = [prepared[i] for i in keep]
+        p_mask = self._p_mask(kept, epoch)
+        noised = self._noise(kept, p_mask, epoch)
+        if prompt_donors is not None:
+            donors = [self._prepare(prompt_donors[i], epoch) for i in keep]
+            donors_noised = self._noise(donors, self._p_mask(donors, epoch), epoch)
+            noised = [splice_prompt(d, s, self.max_tokens) for d, s in zip(donors_noised, noised, strict=True)]
         lengths = [len(n.input_ids) for n in noised]
         bins = pack(lengths, self.max_tokens) if self.packing else [[i] for i in range(len(noised))]
         batch = self._assemble(noised, bins or [[]])
@@ -151,6 +152,25 @@ class TtTCollator:
             "p_sum": float(p_mask.sum()) if self.cfg.mode != "ar" else 0.0,
         }
         return batch
+
+    def _p_mask(self, kept: Sequence[_Prepared], epoch: int) -> np.ndarray:
+        """The masking probability of each prepared sample (its diffusion time, floored at eps)."""
+        return noise_level(self.diffusion_times([p.sample_id for p in kept], epoch), self.cfg.eps)
+
+    def _noise(self, kept: Sequence[_Prepared], p_mask: np.ndarray, epoch: int) -> list[NoisedSample]:
+        """Target plan and noising of each prepared sample, from its own streams."""
+        return [
+            noise_sample(
+                p.ids,
+                plan_targets(p.spans, len(p.ids), self.cfg.mode, p.plan_diffused, self.cfg.span_block,
+                             p.noised_blocks),
+                float(pm),
+                sample_rng(self.seed, epoch, p.sample_id, "mask").random(len(p.ids)),
+                self.vocab.mask_id,
+                self.cfg.task_weight(p.task),
+            )
+            for p, pm in zip(kept, p_mask, strict=True)
+        ]
 
     def diffusion_times(self, sample_ids: Sequence[str], epoch: int) -> np.ndarray:
         """The diffusion time t of each sample of one micro-batch (in the given order).

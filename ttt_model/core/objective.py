@@ -336,3 +336,40 @@ def noise_sample(ids: np.ndarray, plan: TargetPlan, p: float, u: np.ndarray, mas
         n_maskable=int(plan.maskable.sum()),
         n_masked=len(diff_pos),
     )
+
+
+def first_target(s: NoisedSample) -> int:
+    """The first position with a target (it predicts the sample's first target token): everything before it is the
+    sample's prompt. A sample without targets is all prompt (its length)."""
+    hits = np.flatnonzero(s.loss_kind != KIND_NONE)
+    return int(hits[0]) if len(hits) else len(s.input_ids)
+
+
+def splice_prompt(donor: NoisedSample, target: NoisedSample, max_len: int) -> NoisedSample:
+    """`target` with its prompt replaced by `donor`'s: the input of a conditioning control.
+
+    The result is donor[:first_target(donor)] followed by target[first_target(target):], so it holds exactly the
+    target's targets with the same (already noised) inputs, labels, kinds and weights: its loss differs from the
+    target's only through the prompt. A model that ignores its prompt scores the same on both; the gap is what the
+    prompt is worth (validation's `<term>_control`). The donor's prompt loses its beginning when the result would
+    exceed `max_len`; its blocks keep their ids and the target's are shifted past them, so no block spans the seam.
+    """
+    cut_t, cut_d = first_target(target), first_target(donor)
+    keep = max(0, min(cut_d, max_len - (len(target.input_ids) - cut_t)))
+    head, tail = slice(cut_d - keep, cut_d), slice(cut_t, None)
+    offset = int(donor.block_ids[head].max(initial=-1)) + 1
+    tail_blocks = np.where(target.block_ids[tail] >= 0, target.block_ids[tail] + offset, -1)
+
+    def join(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.concatenate([a[head], b[tail]]).astype(b.dtype, copy=False)
+
+    return NoisedSample(
+        input_ids=join(donor.input_ids, target.input_ids),
+        labels=join(donor.labels, target.labels),
+        loss_kind=join(donor.loss_kind, target.loss_kind),
+        loss_weight=join(donor.loss_weight, target.loss_weight),
+        block_ids=np.concatenate([donor.block_ids[head], tail_blocks]).astype(target.block_ids.dtype, copy=False),
+        n_ar=target.n_ar,
+        n_maskable=target.n_maskable,
+        n_masked=target.n_masked,
+    )

@@ -320,7 +320,7 @@ class TrainWorker:
     def _validation(self) -> dict[str, float]:
         """Held-out loss per task (ttt_model/training/validation.py), a collective over all ranks."""
         losses = task_losses(self.module, self.val_collator, self.val_rows, self.s.batch.micro_size, self.rank,
-                             self.world, self.device)
+                             self.world, self.device, control=self.s.validation.control)
         return {f"val/{task}/{term}": value for task, terms in losses.items() for term, value in terms.items()}
 
     def _gather_rows(self) -> list[int]:

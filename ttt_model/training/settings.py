@@ -102,11 +102,14 @@ class LoggingSettings:
 class ValidationSettings:
     """Held-out loss per task while training (ttt_model/training/validation.py): `fraction` of the utterances never
     train; every `every_steps` steps (and at the end) the loss of up to `max_per_task` of them per task is
-    logged as val/<task>/ar and val/<task>/diffusion. fraction 0 or every_steps 0 = off."""
+    logged as val/<task>/ar and val/<task>/diffusion, and with `control` the same targets after another held-out
+    sample's prompt (val/<task>/ar_control, .../diffusion_control: one more forward per micro-batch). fraction 0
+    or every_steps 0 = off."""
 
     fraction: float = 0.0
     every_steps: int = 0
     max_per_task: int = 64
+    control: bool = True
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,13 @@ What the numbers are: the training objective (strategies and noising included) o
 noise drawn once (a fixed epoch of the collator's per-sample streams), so two points of a curve differ only
 by the model. AR loss = mean CE per text target; diffusion loss = the 1/p-weighted masked CE per maskable
 audio token, as in training (ttt_model.core.loss).
+
+The control (`val/<task>/ar_control`, `val/<task>/diffusion_control`): the same targets, with the same noise,
+scored after another held-out sample's prompt (everything before the first target: the speech of an ASR sample,
+the text of a TTS sample, the question of a chat), the prompts rotated by half the task's rows so every sample
+gets one that is not its own (`TtTCollator(..., prompt_donors=...)`). A model that ignores its input scores the
+same on both; the gap is how much of the loss the input explains, a per-task learning signal that needs no
+decoding (the TTS diffusion loss can fall by learning only which codes are common; its control falls with it).
 """
 
 from __future__ import annotations
@@ -71,32 +78,49 @@ def read_validation_rows(files: Sequence[str], fraction: float, max_per_task: in
 
 
 @torch.no_grad()
-def task_losses(loss_fn: Callable[[PackedBatch], LossSums], collate: Callable[[Sequence[Mapping], int], PackedBatch],
+def task_losses(loss_fn: Callable[[PackedBatch], LossSums], collate: Callable[..., PackedBatch],
                 rows_by_task: Mapping[str, Sequence[Mapping]], micro_size: int, rank: int, world: int,
-                device: torch.device) -> dict[str, dict[str, float]]:
+                device: torch.device | str, control: bool = True) -> dict[str, dict[str, float]]:
     """Loss per task over the validation rows, split across ranks.
 
     Every rank runs the same number of forward passes per task (a rank with no rows left runs an empty
     micro-batch), because sharded models gather parameters collectively in every forward.
     """
     names = sorted(rows_by_task)
-    sums = torch.zeros(len(names), 2, dtype=torch.float64, device=device)  # (AR CE sum, weighted masked CE sum)
+    # per task: (AR CE sum, weighted masked CE sum) with the samples' own prompts, then with the donors' prompts
+    sums = torch.zeros(len(names), 4, dtype=torch.float64, device=device)
     counts: list[tuple[int, int]] = []
+    with_control = [control and len(rows_by_task[task]) > 1 for task in names]  # one row has no other's prompt
     for t, task in enumerate(names):
         rows = list(rows_by_task[task])
-        n_micro = math.ceil(len(rows) / (micro_size * world))
-        batches = [collate(rows[(m * world + rank) * micro_size:(m * world + rank + 1) * micro_size],
-                           VALIDATION_EPOCH) for m in range(n_micro)]
+        donors = rotated(rows)
+        parts = [slice((m * world + rank) * micro_size, (m * world + rank + 1) * micro_size)
+                 for m in range(math.ceil(len(rows) / (micro_size * world)))]
+        batches = [collate(rows[part], VALIDATION_EPOCH) for part in parts]
         counts.append(global_counts(batches, device))  # all ranks: (N_AR, N_maskable) of the task
-        for batch in batches:
-            part = loss_fn(batch)
-            sums[t] += torch.stack([part.ar_sum.detach(), part.diff_sum.detach()]).double()
+        for k, batch in enumerate(batches):
+            own = loss_fn(batch)
+            sums[t, :2] += torch.stack([own.ar_sum.detach(), own.diff_sum.detach()]).double()
+            if with_control[t]:
+                other = loss_fn(collate(rows[parts[k]], VALIDATION_EPOCH, prompt_donors=donors[parts[k]]))
+                sums[t, 2:] += torch.stack([other.ar_sum.detach(), other.diff_sum.detach()]).double()
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(sums)
     out: dict[str, dict[str, float]] = {}
-    for task, (ar_sum, diff_sum), (n_ar, n_mask) in zip(names, sums.tolist(), counts, strict=True):
-        out[task] = {**({"ar": ar_sum / n_ar} if n_ar else {}), **({"diffusion": diff_sum / n_mask} if n_mask else {})}
+    for t, ((ar, diff, ar_c, diff_c), (n_ar, n_mask)) in enumerate(zip(sums.tolist(), counts, strict=True)):
+        out[names[t]] = {}
+        for term, own_sum, control_sum, n in (("ar", ar, ar_c, n_ar), ("diffusion", diff, diff_c, n_mask)):
+            if n:
+                out[names[t]][term] = own_sum / n
+                if with_control[t]:
+                    out[names[t]][f"{term}_control"] = control_sum / n
     return out
 
 
-__all__ = ["VALIDATION_EPOCH", "is_validation", "read_validation_rows", "task_losses", "utterance_key"]
+def rotated(rows: Sequence[Mapping]) -> list[Mapping]:
+    """The prompt donor of each row: the row half the list away, never the row itself when there are two or more
+    (held-out rows are sorted by sample id, so neighbours are often views of related recordings)."""
+    return [rows[(i + len(rows) // 2) % len(rows)] for i in range(len(rows))]
+
+
+__all__ = ["VALIDATION_EPOCH", "is_validation", "read_validation_rows", "rotated", "task_losses", "utterance_key"]

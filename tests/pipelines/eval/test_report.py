@@ -84,8 +84,10 @@ def make_run(root: Path) -> Path:
                                       "dropped": {}, "audio_hours": 0.01, "tokens": 450}}}}))
     train = root / "train" / "ttt-small"
     train.mkdir(parents=True)
-    lines = [json.dumps({"step": s, "loss": {"ar": 3.0 / s, "diffusion": 5.0 / s}, "tokens_per_s": 900.0 + s})
-             for s in range(1, 21)]
+    val = {10: {"val/tts/diffusion": 7.9, "val/tts/diffusion_control": 8.0},
+           20: {"val/tts/diffusion": 6.25, "val/tts/diffusion_control": 7.5, "val/asr/ar": 2.0}}
+    lines = [json.dumps({"step": s, "loss": {"ar": 3.0 / s, "diffusion": 5.0 / s}, "tokens_per_s": 900.0 + s,
+                         **val.get(s, {})}) for s in range(1, 21)]
     (train / "metrics.jsonl").write_text("\n".join([*lines, '{"step": 21, "lo']) + "\n")
     ev = root / "eval"
     ev.mkdir()
@@ -139,7 +141,9 @@ def test_full_report(tmp_path: Path) -> None:
     assert "### TTS" not in md  # no TTS item was evaluated
     assert "[audio](../eval/r1/audio/llama_questions/0.wav)" in md
     assert (out.markdown.parent / "../eval/r1/audio/llama_questions/0.wav").resolve().is_file()
-    assert [p.name for p in out.plots] == ["run0_ttt_small_losses.png", "run0_ttt_small_throughput.png"]
+    assert "| tts | diffusion | 6.250 | 7.500 | +1.250 |" in md and "| asr | ar |" not in md  # the last validation
+    assert sorted(p.name for p in out.plots) == ["run0_ttt_small_held-out_losses.png", "run0_ttt_small_losses.png",
+                                                 "run0_ttt_small_throughput.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in out.plots)
     page = out.html.read_text()
     assert page.count("<table>") == md.count("\n|---") and 'src="plots/run0_ttt_small_losses.png"' in page
@@ -179,6 +183,15 @@ def test_report_shows_the_sweep_table(tmp_path: Path) -> None:
                       ).markdown.read_text()
     assert f"Sweep table not available: {moved / 'table.json'} (JSONDecodeError)." in md
     assert "TtT w/o SST" not in md
+
+
+def test_held_out_losses_are_shown_beside_their_prompt_control() -> None:
+    from pipelines.eval.report import conditioning_rows
+
+    rows = conditioning_rows({"val/tts/diffusion": 6.25, "val/tts/diffusion_control": 7.5, "val/asr/ar": 2.0,
+                              "val/audio_chat/ar": 3.0, "val/audio_chat/ar_control": 2.875, "step": 20.0})
+    assert rows == [("audio_chat", "ar", "3.000", "2.875", "-0.125"), ("tts", "diffusion", "6.250", "7.500", "+1.250")]
+    assert conditioning_rows({}) == []
 
 
 def test_learning_rows_show_every_score_beside_its_control() -> None:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tests.ttt_model.test_loss import DATA, VOCAB, ToyLM, compact, model  # noqa: F401 - model is a fixture
+from tokenization.sequence import Part, build_document, spans_to_pylist
 from ttt_model.core.collator import PackedBatch, TtTCollator
 from ttt_model.core.loss import LossSums, combine, global_counts, hybrid_loss_sums
 from ttt_model.core.objective import ObjectiveConfig
@@ -108,3 +109,16 @@ def test_the_control_scores_the_same_targets_after_another_samples_prompt(model:
         assert got[task]["ar_control"] != pytest.approx(got[task]["ar"], rel=1e-6)
     one = task_losses(toy, collator, {"chat": DATA[:1]}, 2, rank=0, world=1, device="cpu")
     assert set(one["chat"]) == {"ar", "diffusion"}  # a single row has no other prompt to borrow
+
+
+def test_documents_have_no_prompt_and_so_no_control() -> None:
+    docs = [{"sample_id": f"d{i}", "input_ids": seq.input_ids, "spans": spans_to_pylist(seq.spans)}
+            for i, seq in enumerate(build_document(VOCAB, [Part(text="some words " * (i + 1))]) for i in range(3))]
+    collator = TtTCollator(VOCAB, ObjectiveConfig(), max_tokens=512, seed=0)
+    assert collator(docs, 0).stats["prompted"] == 0 and collator(DATA, 0).stats["prompted"] == len(DATA)
+
+    def loss_fn(batch: PackedBatch) -> LossSums:
+        return LossSums(batch.loss_weight.double().sum(), 0, torch.zeros((), dtype=torch.float64), 0)
+
+    got = task_losses(loss_fn, collator, {"doc": docs, "chat": DATA[:3]}, 2, rank=0, world=1, device="cpu")
+    assert set(got["doc"]) == {"ar"} and set(got["chat"]) == {"ar", "ar_control", "diffusion", "diffusion_control"}

@@ -88,7 +88,8 @@ def task_losses(loss_fn: Callable[[PackedBatch], LossSums], collate: Callable[..
     """
     names = sorted(rows_by_task)
     # per task: (AR CE sum, weighted masked CE sum) with the samples' own prompts, then with the donors' prompts
-    sums = torch.zeros(len(names), 4, dtype=torch.float64, device=device)
+    # and how many of the task's samples have a prompt to swap (documents have none: no control for them)
+    sums = torch.zeros(len(names), 5, dtype=torch.float64, device=device)
     counts: list[tuple[int, int]] = []
     with_control = [control and len(rows_by_task[task]) > 1 for task in names]  # one row has no other's prompt
     for t, task in enumerate(names):
@@ -101,18 +102,20 @@ def task_losses(loss_fn: Callable[[PackedBatch], LossSums], collate: Callable[..
         for k, batch in enumerate(batches):
             own = loss_fn(batch)
             sums[t, :2] += torch.stack([own.ar_sum.detach(), own.diff_sum.detach()]).double()
+            sums[t, 4] += batch.stats["prompted"]
             if with_control[t]:
                 other = loss_fn(collate(rows[parts[k]], VALIDATION_EPOCH, prompt_donors=donors[parts[k]]))
-                sums[t, 2:] += torch.stack([other.ar_sum.detach(), other.diff_sum.detach()]).double()
+                sums[t, 2:4] += torch.stack([other.ar_sum.detach(), other.diff_sum.detach()]).double()
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(sums)
     out: dict[str, dict[str, float]] = {}
-    for t, ((ar, diff, ar_c, diff_c), (n_ar, n_mask)) in enumerate(zip(sums.tolist(), counts, strict=True)):
+    for t, ((ar, diff, ar_c, diff_c, prompted), (n_ar, n_mask)) in enumerate(zip(sums.tolist(), counts,
+                                                                                  strict=True)):
         out[names[t]] = {}
         for term, own_sum, control_sum, n in (("ar", ar, ar_c, n_ar), ("diffusion", diff, diff_c, n_mask)):
             if n:
                 out[names[t]][term] = own_sum / n
-                if with_control[t]:
+                if with_control[t] and prompted:
                     out[names[t]][f"{term}_control"] = control_sum / n
     return out
 

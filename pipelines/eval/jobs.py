@@ -34,7 +34,7 @@ import re
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -253,6 +253,7 @@ def summarize(items: pa.Table, bootstrap: int = 0, seed: int = 0) -> dict[str, A
         asr_models = sorted({r["asr_model"] for r in scored if r.get("asr_model")})
         out["tts"][subset] = {**rate.as_dict(), "language": _language(group), "asr_models": asr_models,
                               "n_no_transcript": sum(bool(r.get("asr_error")) for r in group), **_counts(group),
+                              "top_code_share": _mean_of(r.get("top_code_share") for r in scored),
                               "control": error_rate_vs_control(refs, hyps, _language(group), bootstrap=bootstrap,
                                                                seed=seed)}
     generated = [r for r in rows if r["status"] not in (INPUT_ERROR, GENERATION_ERROR)]
@@ -265,6 +266,12 @@ def summarize(items: pa.Table, bootstrap: int = 0, seed: int = 0) -> dict[str, A
         "finish_reasons": dict(sorted(Counter(r.get("finish_reason") or "" for r in generated).items())),
     }
     return out
+
+
+def _mean_of(values: Iterable[float | None]) -> float | None:
+    """Mean of the values that are present, None when none is (e.g. answers without speech)."""
+    present = [float(v) for v in values if v is not None]
+    return sum(present) / len(present) if present else None
 
 
 # -------------------------------------------------------------------------------------------- pipeline

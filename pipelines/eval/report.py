@@ -397,6 +397,12 @@ def learning_section(eval_dir: Path, level: int = 2,
         blocks.append(Heading(level + 1, f"{results.get('system', '?')} ({results.get('run_id', path.parent.name)})"))
         blocks.append(Table(("set", "n", "score [95 % CI]", "control [95 % CI]", "score - control [95 % CI]",
                              "verdict"), tuple(rows)) if rows else Para("No score with a control in this run."))
+        shares = [f"{subset} {r['top_code_share']:.2f}" for subset, r in sorted((results.get("tts") or {}).items())
+                  if r.get("top_code_share") is not None]
+        if shares:
+            blocks.append(Para("TTS answers, mean share of a span taken by its commonest code (real speech of the "
+                               "embedded codec ~0.05; near 1 = the span collapsed onto one repeated code): "
+                               + ", ".join(shares) + "."))
     return blocks
 
 

@@ -29,10 +29,19 @@ import pyarrow as pa
 from pipelines.eval.items import GENERATION_ERROR, INPUT_ERROR, OK
 from pipelines.eval.judges import Judgment, QaItem, build_judge
 
+
+def top_code_share(codes: np.ndarray) -> float | None:
+    """The share of an answer's audio codes taken by its commonest code, None without codes. A span that collapsed
+    onto one repeated code scores ~1 (what greedy diffusion decoding of an undertrained model produces); real speech
+    of the embedded codec scores ~0.05."""
+    flat = np.asarray(codes).reshape(-1)
+    return float(np.unique(flat, return_counts=True)[1].max() / flat.size) if flat.size else None
+
+
 GENERATED_FIELDS = [
     ("answer_text", pa.string()), ("audio_path", pa.string()), ("audio_seconds", pa.float64()),
     ("n_audio_tokens", pa.int64()), ("finish_reason", pa.string()), ("gen_seconds", pa.float64()),
-    ("decode", pa.string()),
+    ("decode", pa.string()), ("top_code_share", pa.float64()),
 ]
 TRANSCRIBED_FIELDS = [("speech_transcript", pa.string()), ("asr_model", pa.string()), ("asr_error", pa.string())]
 JUDGED_FIELDS = [
@@ -134,6 +143,7 @@ class GenerateStage:
                 continue
             out["answer_text"][i] = ans.text.strip()
             out["n_audio_tokens"][i] = int(ans.codes.size)
+            out["top_code_share"][i] = top_code_share(ans.codes)
             out["finish_reason"][i] = ans.finish_reason
             out["gen_seconds"][i] = per_item_s
             out["audio_seconds"][i] = float(ans.waveform.size) / ans.sample_rate if ans.sample_rate else 0.0

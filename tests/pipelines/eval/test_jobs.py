@@ -249,7 +249,7 @@ def test_summarize_counts_failures_honestly() -> None:
         text_verdict=["correct", "correct", "incorrect", "error", None, None, None, None, None],
         text_score=[100.0, 100.0, 0.0, None, None, None, None, None, None],
         speech_transcript=[None] * 7 + ["hello word", ""], asr_error=[None] * 7 + ["", "no ASR model"],
-        asr_model=[None] * 7 + ["whisper", None],
+        asr_model=[None] * 7 + ["whisper", None], top_code_share=[None] * 7 + [0.5, None],
     )
     out = summarize(table)
     qa = out["audio_qa"]["qa"]
@@ -259,6 +259,15 @@ def test_summarize_counts_failures_honestly() -> None:
     assert (asr["reference_tokens"], asr["deletions"], asr["rate"]) == (5, 2, pytest.approx(2 / 5))
     tts = out["tts"]["tt"]
     assert (tts["reference_tokens"], tts["substitutions"], tts["n_no_transcript"]) == (2, 1, 1)
+    assert tts["top_code_share"] == 0.5  # the answer without a transcript is not scored
+
+
+def test_top_code_share_sees_a_collapsed_span() -> None:
+    from pipelines.eval.stages import top_code_share
+
+    assert top_code_share(np.array([7] * 9 + [3])) == pytest.approx(0.9)
+    assert top_code_share(np.arange(20)) == pytest.approx(0.05)
+    assert top_code_share(np.zeros(0, dtype=np.int64)) is None
 
 
 def test_stages_without_ray() -> None:
@@ -289,6 +298,7 @@ def test_generate_stage_isolates_failing_items(checkpoint: Path, tmp_path: Path)
     ok, long, missing = stage(batch).to_pylist()
     assert (ok["status"], ok["answer_text"], ok["n_audio_tokens"], ok["finish_reason"]) == ("ok", "Paris", 4, "eos")
     assert ok["decode"] == long["decode"] == "ttt" and missing["decode"] is None
+    assert 0.25 <= ok["top_code_share"] <= 1 and long["top_code_share"] is None
     assert Path(ok["audio_path"]) == tmp_path / "audio" / "tts" / "tts_ok.wav" and Path(ok["audio_path"]).is_file()
     assert long["status"] == "generation_error" and "context holds 512" in long["error"]
     assert long["answer_text"] is None and long["audio_path"] is None

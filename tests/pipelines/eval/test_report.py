@@ -111,7 +111,8 @@ def make_run(root: Path) -> Path:
                                          "speech": {"n_valid": 1, "n_invalid": 0, "n_error": 1},
                                          "text": {"n_valid": 1, "n_invalid": 0, "n_error": 1}}},
         "asr": {"aishell1_test": {"n_items": 30, "n_input_error": 0, "n_generation_error": 2, "substitutions": 10,
-                                  "deletions": 5, "insertions": 1, "ci_low": 0.11, "ci_high": 0.16}}}))
+                                  "deletions": 5, "insertions": 1, "ci_low": 0.11, "ci_high": 0.16}},
+        "tts": {"ls_tts": {"n_items": 0, "top_code_share": 0.931}}}))
     bench = root / "bench"
     bench.mkdir()
     (bench / "inference.json").write_text(json.dumps({
@@ -141,6 +142,8 @@ def test_full_report(tmp_path: Path) -> None:
     assert "### TTS" not in md  # no TTS item was evaluated
     assert "[audio](../eval/r1/audio/llama_questions/0.wav)" in md
     assert (out.markdown.parent / "../eval/r1/audio/llama_questions/0.wav").resolve().is_file()
+    assert "commonest code (real speech of the embedded codec ~0.05; near 1 = the span collapsed onto one repeated " \
+           "code): ls_tts 0.93." in md
     assert "| tts | diffusion | 6.250 | 7.500 | +1.250 |" in md and "| asr | ar |" not in md  # the last validation
     assert sorted(p.name for p in out.plots) == ["run0_ttt_small_held-out_losses.png", "run0_ttt_small_losses.png",
                                                  "run0_ttt_small_throughput.png"]

@@ -115,7 +115,8 @@ def test_documents_have_no_prompt_and_so_no_control() -> None:
     docs = [{"sample_id": f"d{i}", "input_ids": seq.input_ids, "spans": spans_to_pylist(seq.spans)}
             for i, seq in enumerate(build_document(VOCAB, [Part(text="some words " * (i + 1))]) for i in range(3))]
     collator = TtTCollator(VOCAB, ObjectiveConfig(), max_tokens=512, seed=0)
-    assert collator(docs, 0).stats["prompted"] == 0 and collator(DATA, 0).stats["prompted"] == len(DATA)
+    assert collator(docs, 0, prompt_donors=rotated(docs)).stats["prompted"] == 0
+    assert collator(DATA, 0, prompt_donors=rotated(DATA)).stats["prompted"] == len(DATA)
 
     def loss_fn(batch: PackedBatch) -> LossSums:
         return LossSums(batch.loss_weight.double().sum(), 0, torch.zeros((), dtype=torch.float64), 0)

@@ -55,10 +55,11 @@ class PackedBatch:
     `n_ar` / `n_maskable` are this micro-batch's loss normalisers (AR targets; tokens subject to masking);
     the trainer sums them over the whole step (all micro-batches, all ranks) before loss.combine.
     `n_tokens` counts real tokens and `n_padding` padding tokens (padding fraction = n_padding / (n_tokens +
-    n_padding)). `stats` holds SUMS (samples, dropped, truncated, banom, ppm, sst, masked, p_sum, prompted) so
-    they add up across micro-batches and ranks; divide by `samples` for rates. banom/ppm/sst count the samples
-    where the strategy took effect (a PPM draw that leaves a span clean, an SST truncation that survived the fit);
-    prompted counts the samples with a prompt before their first target (all but documents).
+    n_padding)). `stats` holds SUMS (samples, dropped, truncated, banom, ppm, sst, masked, p_sum) so they add
+    up across micro-batches and ranks; divide by `samples` for rates. banom/ppm/sst count the samples where
+    the strategy took effect (a PPM draw that leaves a span clean, an SST truncation that survived the fit).
+    A batch collated with prompt donors also counts `prompted`: the samples whose prompt was replaced (a
+    document has none before its first target, so it is scored as it is).
     """
 
     input_ids: torch.Tensor  # long [B, L], after noising (masked = mask_id), padding = pad_id
@@ -136,10 +137,11 @@ class TtTCollator:
         kept = [prepared[i] for i in keep]
         p_mask = self._p_mask(kept, epoch)
         noised = self._noise(kept, p_mask, epoch)
-        prompted = sum(first_target(n) > 0 for n in noised)  # samples with a prompt a donor's can replace
+        swapped: dict[str, float] = {}
         if prompt_donors is not None:
             donors = [self._prepare(prompt_donors[i], epoch) for i in keep]
             donors_noised = self._noise(donors, self._p_mask(donors, epoch), epoch)
+            swapped["prompted"] = float(sum(first_target(n) > 0 for n in noised))  # the others have no prompt
             noised = [splice_prompt(d, s, self.max_tokens) for d, s in zip(donors_noised, noised, strict=True)]
         lengths = [len(n.input_ids) for n in noised]
         bins = pack(lengths, self.max_tokens) if self.packing else [[i] for i in range(len(noised))]
@@ -153,7 +155,7 @@ class TtTCollator:
             "sst": float(sum(p.draw.sst_keep is not None for p in kept)),
             "masked": float(sum(n.n_masked for n in noised)),
             "p_sum": float(p_mask.sum()) if self.cfg.mode != "ar" else 0.0,
-            "prompted": float(prompted),
+            **swapped,
         }
         return batch
 

@@ -102,10 +102,11 @@ def task_losses(loss_fn: Callable[[PackedBatch], LossSums], collate: Callable[..
         for k, batch in enumerate(batches):
             own = loss_fn(batch)
             sums[t, :2] += torch.stack([own.ar_sum.detach(), own.diff_sum.detach()]).double()
-            sums[t, 4] += batch.stats["prompted"]
             if with_control[t]:
-                other = loss_fn(collate(rows[parts[k]], VALIDATION_EPOCH, prompt_donors=donors[parts[k]]))
+                swapped = collate(rows[parts[k]], VALIDATION_EPOCH, prompt_donors=donors[parts[k]])
+                other = loss_fn(swapped)
                 sums[t, 2:4] += torch.stack([other.ar_sum.detach(), other.diff_sum.detach()]).double()
+                sums[t, 4] += swapped.stats["prompted"]
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(sums)
     out: dict[str, dict[str, float]] = {}
@@ -115,7 +116,7 @@ def task_losses(loss_fn: Callable[[PackedBatch], LossSums], collate: Callable[..
         for term, own_sum, control_sum, n in (("ar", ar, ar_c, n_ar), ("diffusion", diff, diff_c, n_mask)):
             if n:
                 out[names[t]][term] = own_sum / n
-                if with_control[t] and prompted:
+                if prompted:
                     out[names[t]][f"{term}_control"] = control_sum / n
     return out
 

@@ -6,17 +6,19 @@ same model on the same cores. This benchmark keeps that gap visible. Both sides 
 step in one process, so machine load (the box is shared) hits both sides alike and the ratio is meaningful:
 
 - project: `ttt_model.training.loop.optimizer_step` — the function the real loop calls every step — on a
-  `LossModule` passed through `ttt_model.training.loop.shard` on a one-rank gloo group, as `train=cpu` runs (one float32
-  rank: left unwrapped, `project_fsdp2` in the report), with the project's AdamW, grad clipping and scheduler
-  (`ttt_model.training.optim`) and the `train=cpu` loss settings;
-- bare: HF `Qwen2ForCausalLM` forward with the same boolean 4-D SDPA mask, plain cross-entropy at the same
-  target positions with the same weights and normalisers, `torch.optim.AdamW` step; no FSDP, no process group.
+  `LossModule` passed through `ttt_model.training.loop.shard` on a one-rank gloo group, as `train=cpu` runs (one
+  rank: left unwrapped, `project_fsdp2` in the report), in the preset's precision (bf16 autocast) with its
+  compiled decoder layers, the project's AdamW, grad clipping and scheduler (`ttt_model.training.optim`) and the
+  `train=cpu` loss settings;
+- bare: HF `Qwen2ForCausalLM` forward with the same boolean 4-D SDPA mask, in the same precision with the same
+  layers compiled, plain cross-entropy at the same target positions with the same weights and normalisers,
+  `torch.optim.AdamW` step; no FSDP, no process group.
 
 Batches come from the project's collator (`TtTCollator`: strategies, noising, packing) over synthetic ASR-like
 samples (~15 prompt tokens, ~130 audio codes, ~12 transcript tokens), grouped as `train=cpu` groups them (its
-micro-batches and accumulation at world size 1; row length `--max-tokens`). Collation is timed separately (the
-loop collates before the step). Two vocabularies: the full one (Qwen BPE, 155k+ text rows) and a ~6k-row one (a
-BPE subset, the size of the embedded corpus's text subset).
+micro-batches and accumulation at world size 1; rows of `--row-tokens`, at most `--max-tokens`). Collation is
+timed separately (the loop collates before the step). Two vocabularies: the full one (Qwen BPE, 155k+ text
+rows) and a ~6k-row one (a BPE subset, the size of the embedded corpus's text subset).
 
 Writes runs/bench/train_throughput.json (tokens/s of both sides, the ratio, padding, per-phase seconds).
 
@@ -54,7 +56,7 @@ from ttt_model.core.loss import global_counts
 from ttt_model.core.model import build_model
 from ttt_model.core.objective import KIND_AR, KIND_DIFFUSION, ObjectiveConfig
 from ttt_model.training.data import step_rows
-from ttt_model.training.loop import LossModule, optimizer_step, shard
+from ttt_model.training.loop import COMPUTE_DTYPES, LossModule, compile_layers, optimizer_step, shard
 from ttt_model.training.optim import build_optimizer, build_scheduler
 from ttt_model.training.settings import parse_settings
 from ttt_model.training.telemetry import StepTimer
@@ -73,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     vocabs = ["small"] if args.quick else args.vocab
     steps = 2 if args.quick else args.steps
-    settings = _train_settings(args.train_conf, args.max_tokens)
+    settings = _train_settings(args.train_conf, args.max_tokens, args.row_tokens)
     _init_single_rank()
     try:
         results = {name: measure(_vocab(name), settings, steps, args) for name in vocabs}
@@ -82,7 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = {
         "name": "train_throughput",
         "config": {**{k: v for k, v in vars(args).items() if k != "out"}, "timed_steps": steps,
-                   "max_tokens": settings.max_tokens, "accumulation": settings.accumulation,
+                   "max_tokens": settings.max_tokens, "row_tokens": settings.row_tokens,
+                   "precision": settings.parallel.mixed_precision or "fp32", "compile": settings.parallel.compile,
+                   "accumulation": settings.accumulation,
                    "micro_batch": f"{settings.batch.micro_size} {settings.batch.unit}"},
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                     "load_average": list(os.getloadavg()), "torch": torch.__version__},
@@ -108,21 +112,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small vocabulary, 2 timed steps: < 60 s")
     p.add_argument("--vocab", nargs="+", default=["full", "small"], choices=["full", "small"])
     p.add_argument("--steps", type=int, default=6, help="timed optimizer steps per side")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps per side first")
     p.add_argument("--threads", type=int, default=2, help="torch threads (both sides)")
     p.add_argument("--train-conf", default="cpu", help="a workflows/conf/train preset: batch and loss settings")
-    # The synthetic samples average ~167 tokens (chat template included): 16 of them fill two 1408-token rows
-    # (13 % padding) but spill into a third 1280-token row (30 %), while train=cpu's 1280 suits the embedded
-    # shards' ~150-token samples (11 %). The row length is part of the workload, not of what is compared.
-    p.add_argument("--max-tokens", type=int, default=1408, help="packed row length (overrides the preset's)")
+    # The synthetic samples average ~167 tokens (chat template included): three fill a 512-token row (~7 %
+    # padding) where train=cpu's 320 suits the embedded shards' ~150-token samples (11 %) but would hold one of
+    # these. The row length is part of the workload, not of what is compared.
+    p.add_argument("--max-tokens", type=int, default=1408, help="longest sample (overrides the preset's)")
+    p.add_argument("--row-tokens", type=int, default=512, help="packed row length (overrides the preset's)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps per side first (compiling included)")
     p.add_argument("--seed", type=int, default=0)
     return p
 
 
-def _train_settings(name: str, max_tokens: int) -> Any:
+def _train_settings(name: str, max_tokens: int, row_tokens: int) -> Any:
     """The preset's TrainSettings with its interpolations filled in (they only name run paths)."""
     raw = yaml.safe_load((CONF / "train" / f"{name}.yaml").read_text())
-    raw.update(seed=0, max_tokens=max_tokens)
+    raw.update(seed=0, max_tokens=max_tokens, row_tokens=row_tokens)
     raw["scaling"]["num_workers"] = 1  # one rank does the whole global step
     raw["checkpoint"]["storage_path"] = "/tmp"
     raw["logging"]["dir"] = "/tmp"
@@ -165,7 +170,7 @@ def _step_batches(vocab: UnifiedVocab, settings: Any, n_steps: int, seed: int) -
     # A token-budget preset: every sample has more than 100 tokens, so this many samples always fill a step.
     per_step = settings.batch.global_size if settings.batch.unit == "samples" else settings.batch.global_size // 100
     rows = make_samples(vocab, per_step * n_steps + 1, seed)
-    collator = TtTCollator(vocab, ObjectiveConfig(), settings.max_tokens, seed, settings.packing)
+    collator = TtTCollator(vocab, ObjectiveConfig(), settings.max_tokens, seed, settings.packing, settings.row_tokens)
     start = time.perf_counter()
     steps = [[collator(micro, 0) for micro in group.micro] for group in step_rows(rows, settings)][:n_steps]
     return steps, time.perf_counter() - start
@@ -179,8 +184,13 @@ def measure(vocab: UnifiedVocab, settings: Any, n_timed: int, args: argparse.Nam
     torch.manual_seed(args.seed)
     bare = build_model(model_cfg, vocab).train()
     lm = copy.deepcopy(bare)
+    if settings.parallel.compile:
+        compile_layers(lm, torch.device("cpu"))
+        compile_layers(bare, torch.device("cpu"))
     module = LossModule(lm, None, settings.loss.chunk_size, settings.loss.checkpoint).train()
     fsdp = shard(module, settings.parallel, torch.device("cpu"))
+    dtype = COMPUTE_DTYPES[settings.parallel.mixed_precision]
+    module.autocast = None if fsdp else dtype
     optimizer = build_optimizer(module, settings.optim)
     scheduler = build_scheduler(optimizer, settings.optim, len(steps))
     o = settings.optim
@@ -201,7 +211,7 @@ def measure(vocab: UnifiedVocab, settings: Any, n_timed: int, args: argparse.Nam
             for k, v in timer.seconds.items():
                 phases[k] = phases.get(k, 0.0) + v
         start = time.perf_counter()
-        bare_loss = bare_step(bare, bare_opt, batches)
+        bare_loss = bare_step(bare, bare_opt, batches, dtype)
         if timed:
             seconds["bare"] += time.perf_counter() - start
         if i == 0:
@@ -222,19 +232,22 @@ def measure(vocab: UnifiedVocab, settings: Any, n_timed: int, args: argparse.Nam
     }
 
 
-def bare_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: list[PackedBatch]) -> float:
-    """Plain accumulation over the micro-batches: HF forward with the 4-D bool mask, CE at the target positions
-    (1/p weights on diffusion targets, each term over its step count), backward, AdamW step."""
+def bare_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: list[PackedBatch],
+              dtype: torch.dtype | None) -> float:
+    """Plain accumulation over the micro-batches: HF forward with the 4-D bool mask (under autocast to `dtype`
+    when given), CE at the target positions (1/p weights on diffusion targets, each term over its step count),
+    backward, AdamW step."""
     n_ar, n_mask = global_counts(batches)
     total = 0.0
     for b in batches:
         mask = sdpa_mask(b.doc_ids, b.block_ids)
-        hidden = model.model(input_ids=b.input_ids, position_ids=b.position_ids, use_cache=False,
-                             attention_mask=dict.fromkeys(model.config.layer_types, mask)).last_hidden_state
-        kind = b.loss_kind.reshape(-1)
-        pos = torch.nonzero(kind > 0).squeeze(1)
-        logits = model.lm_head(hidden.reshape(-1, hidden.shape[-1])[pos])
-        ce = F.cross_entropy(logits, b.labels.reshape(-1)[pos], reduction="none")
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            hidden = model.model(input_ids=b.input_ids, position_ids=b.position_ids, use_cache=False,
+                                 attention_mask=dict.fromkeys(model.config.layer_types, mask)).last_hidden_state
+            kind = b.loss_kind.reshape(-1)
+            pos = torch.nonzero(kind > 0).squeeze(1)
+            logits = model.lm_head(hidden.reshape(-1, hidden.shape[-1])[pos])
+        ce = F.cross_entropy(logits.float(), b.labels.reshape(-1)[pos], reduction="none")
         k = kind[pos]
         scale = torch.where(k == KIND_AR, 1.0 / max(n_ar, 1), b.loss_weight.reshape(-1)[pos] / max(n_mask, 1))
         loss = (ce * scale * ((k == KIND_AR) | (k == KIND_DIFFUSION))).sum()

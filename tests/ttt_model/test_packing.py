@@ -123,3 +123,43 @@ def test_overlong_and_empty_samples() -> None:
     }
     dropped = TtTCollator(VOCAB, ObjectiveConfig(), 2, seed=0)([audio_first], epoch=0)
     assert dropped.stats["dropped"] == 1 and dropped.n_tokens == 0
+
+
+def _sample_tokens(batch) -> list[list[int]]:
+    """Every packed sample's tokens, sorted: what a batch holds whatever its row layout."""
+    out = []
+    for row in range(batch.doc_ids.shape[0]):
+        for d in batch.doc_ids[row].unique().tolist():
+            if d >= 0:
+                out.append(batch.input_ids[row][batch.doc_ids[row] == d].tolist())
+    return sorted(out)
+
+
+def test_row_tokens_packs_shorter_rows_holding_the_same_samples() -> None:
+    batch_samples = samples(16, seed=2)
+    full = TtTCollator(VOCAB, ObjectiveConfig(), 1024, seed=0)(batch_samples, epoch=0)
+    longest = max(len(t) for t in _sample_tokens(full))
+    short = TtTCollator(VOCAB, ObjectiveConfig(), 1024, seed=0, row_tokens=96)(batch_samples, epoch=0)
+    assert short.input_ids.shape[1] == 96 * -(-longest // 96) < 1024  # the multiple of 96 that holds the longest
+    assert short.input_ids.shape[0] > full.input_ids.shape[0]
+    assert _sample_tokens(short) == _sample_tokens(full)  # same samples, same noise: only the rows differ
+    assert (short.n_tokens, short.n_ar, short.n_maskable) == (full.n_tokens, full.n_ar, full.n_maskable)
+    assert short.stats == full.stats
+    assert short.n_padding < full.n_padding  # a micro-batch's last row is short too
+
+
+def test_a_sample_longer_than_row_tokens_gets_rows_that_hold_it_whole() -> None:
+    seq = chat(60, " ".join(["word"] * 30))
+    long = {"sample_id": "long", "input_ids": seq.input_ids, "spans": spans_to_pylist(seq.spans)}
+    n = len(seq.input_ids)
+    assert 32 < n < 512
+    batch = TtTCollator(VOCAB, ObjectiveConfig(sst=False), 512, seed=0, row_tokens=32)([long, *samples(3)], epoch=0)
+    assert batch.stats["truncated"] == 0 and batch.input_ids.shape[1] == 32 * -(-n // 32) >= n
+    capped = TtTCollator(VOCAB, ObjectiveConfig(sst=False), n + 1, seed=0, row_tokens=32)([long], epoch=0)
+    assert capped.input_ids.shape[1] == n + 1  # never beyond max_tokens
+    over = TtTCollator(VOCAB, ObjectiveConfig(), 64, seed=0, row_tokens=128)(samples(4), epoch=0)
+    assert over.input_ids.shape[1] == 64
+    unpacked = TtTCollator(VOCAB, ObjectiveConfig(), 256, seed=0, packing=False, row_tokens=32)(samples(4), epoch=0)
+    assert unpacked.input_ids.shape == (4, 256)  # the reference layout pads every sample to max_tokens
+    with pytest.raises(ValueError, match="row_tokens"):
+        TtTCollator(VOCAB, ObjectiveConfig(), 64, seed=0, row_tokens=1)

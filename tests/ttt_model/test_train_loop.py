@@ -5,8 +5,10 @@ process (one float32 rank: not FSDP-wrapped, as train=cpu runs).
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
+import logging
 import random
 from pathlib import Path
 
@@ -22,12 +24,12 @@ from tokenization.sequence import SPAN_ARROW_TYPE, Part, Turn, build_chat, spans
 from tokenization.text import load_text_tokenizer
 from tokenization.vocab import UnifiedVocab
 from ttt_model.core.collator import TtTCollator
-from ttt_model.core.loss import combine, global_counts
+from ttt_model.core.loss import LossSums, combine, global_counts
 from ttt_model.core.model import build_model
 from ttt_model.core.model_checkpoint import load_checkpoint
 from ttt_model.core.objective import ObjectiveConfig
 from ttt_model.training.data import Prefetcher, arrow_rows, micro_batches, rank_stream, shuffled, step_rows
-from ttt_model.training.loop import LossModule, batch_shape_stats, optimizer_step, shard
+from ttt_model.training.loop import COMPUTE_DTYPES, LossModule, batch_shape_stats, compile_layers, optimizer_step, shard
 from ttt_model.training.optim import build_optimizer, build_scheduler, split_decay, warmup_steps
 from ttt_model.training.resume_checkpoint import (
     TrainState,
@@ -145,6 +147,8 @@ def test_batch_arithmetic_and_config_errors() -> None:
         parse_settings({"optim": {"lrr": 1}})
     with pytest.raises(TrainConfigError, match="needs backend nccl"):
         parse_settings({"scaling": {"use_gpu": True}})
+    with pytest.raises(TrainConfigError, match="row_tokens must be null or at least 2"):
+        settings(row_tokens=1)
     tokens = settings(batch={"unit": "tokens", "global_size": 512, "micro_size": 128})
     assert steps_per_epoch(tokens, num_rows=0, clipped_tokens=2048) == 4  # 1024 tokens per rank // 256
 
@@ -297,6 +301,58 @@ def test_one_float32_rank_is_unwrapped_and_the_loop_step_is_a_plain_step(gloo_gr
     assert counts[0] == batches[0].n_tokens and counts[1] == batches[0].n_padding
     for a, b in zip(module.parameters(), plain.parameters(), strict=True):
         torch.testing.assert_close(a, b)
+
+
+def _down_proj_dtype(module: LossModule, batch: object) -> tuple[torch.dtype, LossSums]:
+    """The dtype the first MLP's output projection computed in, and the loss sums of `batch`."""
+    seen: list[torch.dtype] = []
+    hook = module.lm.model.layers[0].mlp.down_proj.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    try:
+        sums = module(batch)
+    finally:
+        hook.remove()
+    return seen[0], sums
+
+
+def test_one_bf16_rank_is_unwrapped_and_computes_under_autocast(gloo_group: None, vocab: UnifiedVocab) -> None:
+    s = parse_settings({"scaling": {"num_workers": 1}, "parallel": {"mixed_precision": "bf16"}})
+    batch = _sample_batches(vocab)[0]
+    lm = build_model({"init": "random", "config": TINY, "seed": 1}, vocab)
+    fp32 = LossModule(copy.deepcopy(lm), None, 1024, False)
+    module = LossModule(lm, None, 1024, False, autocast=COMPUTE_DTYPES[s.parallel.mixed_precision])
+    assert not shard(module, s.parallel, torch.device("cpu"))  # one rank: FSDP2 would shard nothing
+    dtype, sums = _down_proj_dtype(module, batch)
+    ref_dtype, ref = _down_proj_dtype(fp32, batch)
+    assert (dtype, ref_dtype) == (torch.bfloat16, torch.float32)
+    own, base = float((sums.ar_sum + sums.diff_sum).detach()), float(ref.ar_sum + ref.diff_sum)
+    assert own != base and own == pytest.approx(base, rel=2e-2)  # bf16 rounding, not another computation
+    (sums.ar_sum + sums.diff_sum).backward()
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in module.parameters())  # float32 master
+
+
+def test_compiled_layers_keep_checkpoint_keys_and_losses(vocab: UnifiedVocab, monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    batch = _sample_batches(vocab)[0]
+    lm = build_model({"init": "random", "config": TINY, "seed": 1}, vocab)
+    eager = LossModule(copy.deepcopy(lm), None, 1024, False)
+    assert compile_layers(lm, torch.device("cpu"))
+    compiled = LossModule(lm, None, 1024, False)
+    assert list(compiled.state_dict()) == list(eager.state_dict())  # checkpoints unchanged
+    for module in (compiled, eager):
+        sums = module(batch)
+        (sums.ar_sum + sums.diff_sum).backward()
+    torch.testing.assert_close(compiled(batch).ar_sum, eager(batch).ar_sum, rtol=1e-4, atol=1e-4)
+    for a, b in zip(compiled.parameters(), eager.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-5)
+
+    def no_compiler() -> str:
+        raise RuntimeError("no working C++ compiler found")
+
+    monkeypatch.setattr("torch._inductor.cpp_builder.get_cpp_compiler", no_compiler)
+    other = build_model({"init": "random", "config": TINY, "seed": 1}, vocab)
+    with caplog.at_level(logging.WARNING):
+        assert not compile_layers(other, torch.device("cpu"))
+    assert "no C++ compiler" in caplog.text and "runs eager" in caplog.text
 
 
 def test_incomplete_checkpoint_is_refused(tmp_path: Path) -> None:

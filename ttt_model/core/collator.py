@@ -114,16 +114,32 @@ class _Prepared:
 class TtTCollator:
     """Shard rows → PackedBatch: strategies, noising and packing for one micro-batch.
 
-    `packing=False` reproduces the reference layout (one sample per row, padded to `max_tokens`).
-    Rows are always `max_tokens` long: static shapes avoid recompiles under torch.compile/flex attention.
+    `max_tokens` caps a sample (`fit_to_length`). `packing=False` reproduces the reference layout (one sample
+    per row, padded to `max_tokens`). Packed rows are `max_tokens` long by default: static shapes avoid
+    recompiles under torch.compile/flex attention. `row_tokens` packs into shorter rows instead — the smallest
+    multiple of it that holds the micro-batch's longest sample, at most `max_tokens` — because attention costs
+    the square of the row length whatever the packing: ~150-token samples in 1280-token rows spent ~30 % of a CPU
+    step on attention between samples that the mask then discards; rows of 320 cut that fourfold at the same
+    padding, while a rare long sample still gets a row that holds it whole (a few distinct shapes).
     """
 
     def __init__(
-        self, vocab: UnifiedVocab, cfg: ObjectiveConfig, max_tokens: int, seed: int, packing: bool = True
+        self, vocab: UnifiedVocab, cfg: ObjectiveConfig, max_tokens: int, seed: int, packing: bool = True,
+        row_tokens: int | None = None,
     ) -> None:
         if max_tokens < 2:
             raise ValueError(f"max_tokens must be at least 2, got {max_tokens}")
+        if row_tokens is not None and row_tokens < 2:
+            raise ValueError(f"row_tokens must be None or at least 2, got {row_tokens}")
         self.vocab, self.cfg, self.max_tokens, self.seed, self.packing = vocab, cfg, max_tokens, seed, packing
+        self.row_tokens = row_tokens
+
+    def row_length(self, lengths: Sequence[int]) -> int:
+        """The row length of a micro-batch whose samples have these lengths (each at most `max_tokens`)."""
+        if not self.packing or self.row_tokens is None:
+            return self.max_tokens
+        longest = max(lengths, default=1)
+        return min(self.max_tokens, self.row_tokens * -(-longest // self.row_tokens))
 
     def __call__(self, samples: Sequence[Mapping], epoch: int,
                  prompt_donors: Sequence[Mapping] | None = None) -> PackedBatch:
@@ -144,8 +160,9 @@ class TtTCollator:
             swapped["prompted"] = float(sum(first_target(n) > 0 for n in noised))  # the others have no prompt
             noised = [splice_prompt(d, s, self.max_tokens) for d, s in zip(donors_noised, noised, strict=True)]
         lengths = [len(n.input_ids) for n in noised]
-        bins = pack(lengths, self.max_tokens) if self.packing else [[i] for i in range(len(noised))]
-        batch = self._assemble(noised, bins or [[]])
+        row = self.row_length(lengths)
+        bins = pack(lengths, row) if self.packing else [[i] for i in range(len(noised))]
+        batch = self._assemble(noised, bins or [[]], row)
         batch.stats = {
             "samples": float(len(kept)),
             "dropped": float(len(prepared) - len(kept)),
@@ -221,8 +238,8 @@ class TtTCollator:
                   else draw_noised_blocks(fitted_spans, diffused, block, sample_rng(self.seed, epoch, sid, "block")))
         return _Prepared(sid, task, fitted, fitted_spans, diffused, noised, draw, len(fitted) < len(ids))
 
-    def _assemble(self, noised: Sequence[NoisedSample], bins: Sequence[Sequence[int]]) -> PackedBatch:
-        shape = (len(bins), self.max_tokens)
+    def _assemble(self, noised: Sequence[NoisedSample], bins: Sequence[Sequence[int]], row: int) -> PackedBatch:
+        shape = (len(bins), row)
         input_ids = np.full(shape, self.vocab.pad_id, dtype=np.int64)
         position_ids = np.zeros(shape, dtype=np.int64)
         doc_ids = np.full(shape, -1, dtype=np.int64)

@@ -6,8 +6,10 @@ multi-worker CPU tests then exercise exactly what a 32-GPU run executes (shardin
 the full-state gather for the HF checkpoint, DCP optimizer shards, resume), instead of a DDP stand-in whose
 checkpoints look different. The price is FSDP's per-layer all-gathers over gloo, which DDP would not need on
 CPU (bench/train_scaling.py), and that made 2 single-thread workers no faster than one. So the embedded
-`train=cpu` runs ONE worker with both cores' threads, and a single float32 rank is left unwrapped: there
-FSDP2 shards nothing and would only copy (`shard`; bench/train_throughput.py measures it).
+`train=cpu` runs ONE worker with both cores' threads, and a single rank is left unwrapped: there FSDP2 shards
+nothing and would only copy (`shard`; bench/train_throughput.py measures it). bf16 compute is FSDP2's
+MixedPrecisionPolicy across ranks and `torch.autocast` on one unwrapped rank (`LossModule`); the master
+weights, optimizer state and checkpoints stay float32 either way.
 
 An optimizer step, on every rank:
 1. take the step's rows (all `accumulation` micro-batches) from this rank's deterministic stream and
@@ -77,39 +79,51 @@ logger = logging.getLogger(__name__)
 LM_ATTR = "lm"
 SAMPLE_TRACE_DIR = "samples"
 # Per-step sums all-reduced across ranks, in this order (one collective per step).
+# train.parallel.mixed_precision -> the autocast dtype of an unwrapped rank
+COMPUTE_DTYPES: dict[str | None, torch.dtype | None] = {None: None, "bf16": torch.bfloat16}
 _SUMS = ("loss_ar", "loss_diffusion", "tokens", "padding", "targets", "sum_sq_lengths", "rows", "samples",
          "dropped", "truncated", "banom", "ppm", "sst", "masked", "p_sum")
 
 
 class LossModule(torch.nn.Module):
     """The language model plus the hybrid loss in one forward, so FSDP2's root hooks gather the (tied)
-    embedding / LM head for the loss as well as for the input layer."""
+    embedding / LM head for the loss as well as for the input layer.
+
+    `autocast`: a dtype to compute in under `torch.autocast` (float32 weights and gradients, matmuls and
+    attention in that dtype, norms, softmax and the loss's cross-entropy in float32), or None. The loop sets it
+    for bf16 on one unwrapped rank, where FSDP2's MixedPrecisionPolicy is not there to cast. On the embedded
+    box's AMX cores it runs the small model's step 1.8x faster than float32 (bench/train_throughput.py)."""
 
     def __init__(self, lm: torch.nn.Module, diffusion_ids: torch.Tensor | None, chunk_size: int,
-                 checkpoint: bool) -> None:
+                 checkpoint: bool, autocast: torch.dtype | None = None) -> None:
         super().__init__()
         self.lm = lm
         self.diffusion_ids, self.chunk_size, self.checkpoint = diffusion_ids, chunk_size, checkpoint
+        self.autocast = autocast
 
     def forward(self, batch: PackedBatch) -> LossSums:
-        hidden = forward_hidden(self.lm, batch)
-        return hybrid_loss_sums(hidden, lm_head_weight(self.lm), batch, diffusion_ids=self.diffusion_ids,
-                                chunk_size=self.chunk_size, checkpoint=self.checkpoint)
+        device_type = lm_head_weight(self.lm).device.type
+        with torch.autocast(device_type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
+            hidden = forward_hidden(self.lm, batch)
+            return hybrid_loss_sums(hidden, lm_head_weight(self.lm), batch, diffusion_ids=self.diffusion_ids,
+                                    chunk_size=self.chunk_size, checkpoint=self.checkpoint)
 
 
 def shard(module: LossModule, parallel: ParallelSettings, device: torch.device) -> bool:
     """FSDP2 full sharding: one unit per decoder layer (its parameters are gathered only while it runs) and
-    the root (embedding / LM head, final norm). bf16 compute with float32 gradient reduction when asked.
+    the root (embedding / LM head, final norm). bf16 compute with float32 gradient reduction when asked
+    (MixedPrecisionPolicy).
     Gradients are reduce-scattered after every micro-batch (FSDP2's default), so accumulation holds sharded,
     not full, gradients: the memory of a 3B model's full float32 gradients (12 GB) is never needed.
 
-    One rank in float32 is left unwrapped (returns False): there FSDP2 shards nothing and casts nothing, yet
-    its all-gather / reduce-scatter copies of every unit and the sharded-gradient accumulation made the small
-    model's CPU step 43 % slower (the same 3 steps side by side, full vocabulary, 2 threads: 18.6 s wrapped,
-    13.0 s unwrapped, 11.7 s for a bare HF loop). Everything after this works on both: DCP state dicts,
-    gradient clipping (plain or DTensor norm) and the loop's collectives on the one-rank group."""
+    One rank is left unwrapped (returns False; bf16 is then `torch.autocast`, see LossModule): there FSDP2
+    shards nothing, yet its all-gather / reduce-scatter copies of every unit and the sharded-gradient
+    accumulation made the small model's float32 CPU step 43 % slower (the same 3 steps side by side, full
+    vocabulary, 2 threads: 18.6 s wrapped, 13.0 s unwrapped, 11.7 s for a bare HF loop). Everything after this
+    works on both: DCP state dicts, gradient clipping (plain or DTensor norm) and the loop's collectives on the
+    one-rank group."""
     world = dist.get_world_size()
-    if world == 1 and parallel.mixed_precision is None:
+    if world == 1:
         return False
     mesh = init_device_mesh(device.type, (world,))
     if parallel.mixed_precision == "bf16":
@@ -121,6 +135,28 @@ def shard(module: LossModule, parallel: ParallelSettings, device: torch.device) 
     # The root's parameters (embedding = LM head, final norm) are the last used in forward and the first in
     # backward: resharding them in between would only all-gather them again.
     fully_shard(module, mesh=mesh, mp_policy=policy, reshard_after_forward=False)
+    return True
+
+
+def compile_layers(lm: torch.nn.Module, device: torch.device) -> bool:
+    """`torch.compile` every decoder layer in place (state-dict keys unchanged, so checkpoints are the same) and
+    return True; on CPU without a C++ compiler for inductor, warn and leave the model eager (False).
+
+    Per layer, as torchtitan does: the layers share one compiled graph (parameters are graph inputs), so the
+    cost is one layer's compile (~15 s cold on 2 cores, seconds from inductor's cache), and the embedding, loss
+    and mask code stay eager. On the embedded model (bf16, rows of 320) it fuses the norms, rotary and SwiGLU
+    elementwise work: 1.4x the eager step. Before FSDP2 wraps the layers, as torchtitan orders it."""
+    if device.type == "cpu":
+        try:
+            # inductor's own compiler lookup (CXX, then g++), so this check agrees with what compiling will use
+            from torch._inductor.cpp_builder import get_cpp_compiler
+            get_cpp_compiler()
+        except Exception as e:  # whatever the lookup raises, inductor could not build its kernels
+            logger.warning("train.parallel.compile: no C++ compiler for inductor on CPU (%s); training runs eager, "
+                           "~1.4x slower (install g++ or set CXX)", e)
+            return False
+    for layer in lm.model.layers:
+        layer.compile()
     return True
 
 
@@ -148,10 +184,11 @@ class TrainWorker:
         self.plan, self.s, self.rank, self.world, self.device = plan, plan.settings, rank, world, device
         self.vocab = training_vocab(plan.text_tokenizer, plan.vocab_layout, plan.vocab_manifest)
         self.objective = ObjectiveConfig.from_mapping(plan.objective)
-        self.collator = TtTCollator(self.vocab, self.objective, self.s.max_tokens, self.s.seed, self.s.packing)
+        self.collator = TtTCollator(self.vocab, self.objective, self.s.max_tokens, self.s.seed, self.s.packing,
+                                    self.s.row_tokens)
         # Held-out losses are reported unweighted, so curves of runs with different task weights compare.
         self.val_collator = TtTCollator(self.vocab, replace(self.objective, task_weights={}), self.s.max_tokens,
-                                        self.s.seed, self.s.packing)
+                                        self.s.seed, self.s.packing, self.s.row_tokens)
         self._sync = torch.cuda.synchronize if device.type == "cuda" and self.s.logging.sync_timings else None
         self.log_dir = Path(plan.log_dir)
         self.sinks: MetricSinks | None = None
@@ -180,14 +217,19 @@ class TrainWorker:
         lm = build_model(model_cfg, self.vocab, device=self.device)
         if self.s.parallel.activation_checkpointing:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.s.parallel.compile:
+            compile_layers(lm, self.device)
         self.lm_config = lm.config
         self.flops = FlopsModel(lm.config)
         self.peak = peak_flops(self.device, self.s.logging.peak_tflops)
         self.module = LossModule(lm, diffusion_vocab(self.vocab, self.objective), self.s.loss.chunk_size,
                                  self.s.loss.checkpoint)
         self.module.train()
-        if not shard(self.module, self.s.parallel, self.device) and self.rank == 0:
-            logger.info("one float32 rank: the model is not wrapped in FSDP2 (it would shard nothing)")
+        if not shard(self.module, self.s.parallel, self.device):
+            self.module.autocast = COMPUTE_DTYPES[self.s.parallel.mixed_precision]
+            if self.rank == 0:
+                logger.info("one rank: the model is not wrapped in FSDP2 (it would shard nothing); compute in %s",
+                            self.module.autocast or torch.float32)
         self.optimizer = build_optimizer(self.module, self.s.optim)
         self.scheduler = build_scheduler(self.optimizer, self.s.optim, self.plan.total_steps)
         if ckpt_dir is not None:

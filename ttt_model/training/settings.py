@@ -74,8 +74,14 @@ class ScalingSettings:
 
 @dataclass(frozen=True)
 class ParallelSettings:
-    mixed_precision: str | None = None  # None: fp32 compute | "bf16": FSDP2 MixedPrecisionPolicy
+    # None: fp32 compute | "bf16": bf16 compute, float32 weights (FSDP2 MixedPrecisionPolicy across ranks,
+    # torch.autocast on one rank)
+    mixed_precision: str | None = None
     activation_checkpointing: bool = False
+    # torch.compile each decoder layer (as torchtitan does: the layers share one compiled graph, so compiling
+    # costs about one layer's worth). Inductor on CPU needs a C++ compiler; without one the loop warns and runs
+    # eager.
+    compile: bool = False
     reshard_after_forward: bool = True
 
 
@@ -134,7 +140,10 @@ class TrainSettings:
     seed: int = 0
     epochs: int = 1
     max_steps: int | None = None  # cap on optimizer steps (also the schedule's horizon)
-    max_tokens: int = 1024  # packed row length
+    max_tokens: int = 1024  # longest sample (longer ones are fitted) and the packed row length
+    # Pack into rows of this many tokens instead (a multiple of it where a micro-batch holds a longer sample, at
+    # most max_tokens): attention costs the row length squared (TtTCollator). None: rows of max_tokens.
+    row_tokens: int | None = None
     packing: bool = True
     max_failures: int = 0  # worker-group restarts from the last checkpoint before the run fails (-1 = unlimited)
     batch: BatchSettings = field(default_factory=BatchSettings)
@@ -210,6 +219,8 @@ def validate(s: TrainSettings) -> None:
                         "one full-length sample must fit a micro-batch")
     if s.max_tokens < 2:
         problems.append(f"train.max_tokens must be at least 2, got {s.max_tokens}")
+    if s.row_tokens is not None and s.row_tokens < 2:
+        problems.append(f"train.row_tokens must be null or at least 2, got {s.row_tokens}")
     if s.max_failures < -1:
         problems.append(f"train.max_failures must be >= -1, got {s.max_failures}")
     if s.epochs < 1:

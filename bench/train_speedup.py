@@ -1,11 +1,11 @@
-"""End-to-end training speed of the embedded preset against the settings #12 was filed under, side by side.
+"""End-to-end training speed of the embedded preset against its settings before the speed work, side by side.
 
-Why: #12 asked for >= 5x the embedded trainer's tokens/s of the day it was filed, measured in one run on one
+Why: the goal was >= 5x the embedded trainer's tokens/s of 2026-11 (commit 5797c1c), measured in one run on one
 machine. Both sides here are `workflows/train.py`'s `run()` (Ray Train, TorchTrainer, the deterministic data
 path, metrics, a checkpoint at the end) on the same shards, alternated `--rounds` times so the shared box's load
 hits both alike:
 
-- before: `train=cpu` as it was when the issue was filed — 2 single-thread workers (FSDP2 over gloo), float32,
+- before: `train=cpu` as it was then — 2 single-thread workers (FSDP2 over gloo), float32,
   eager, 4 samples per micro-batch in rows of 1024 tokens — but run by today's code, so the loop fixes made since
   (one LM-head pass instead of two, ~10 %) count for the baseline: the ratio understates the gain;
 - now: `train=cpu` as it is (one 2-thread worker, bf16 autocast, compiled decoder layers, 16 samples per
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-# train=cpu when #12 was filed (git show 5797c1c:workflows/conf/train/cpu.yaml), in today's keys
+# train=cpu before the speed work (git show 5797c1c:workflows/conf/train/cpu.yaml), in today's keys
 BEFORE = ["train.scaling.num_workers=2", "train.scaling.threads_per_worker=1", "train.batch.micro_size=4",
           "train.batch.global_size=16", "train.max_tokens=1024", "train.row_tokens=null",
           "train.parallel.mixed_precision=null", "train.parallel.compile=false"]

@@ -29,7 +29,15 @@ from ttt_model.core.model import build_model
 from ttt_model.core.model_checkpoint import load_checkpoint
 from ttt_model.core.objective import ObjectiveConfig
 from ttt_model.training.data import Prefetcher, arrow_rows, micro_batches, rank_stream, shuffled, step_rows
-from ttt_model.training.loop import COMPUTE_DTYPES, LossModule, batch_shape_stats, compile_layers, optimizer_step, shard
+from ttt_model.training.loop import (
+    COMPUTE_DTYPES,
+    LossModule,
+    batch_shape_stats,
+    compile_layers,
+    native_bf16,
+    optimizer_step,
+    shard,
+)
 from ttt_model.training.optim import build_optimizer, build_scheduler, split_decay, warmup_steps
 from ttt_model.training.resume_checkpoint import (
     TrainState,
@@ -328,6 +336,17 @@ def test_one_bf16_rank_is_unwrapped_and_computes_under_autocast(gloo_group: None
     assert own != base and own == pytest.approx(base, rel=2e-2)  # bf16 rounding, not another computation
     (sums.ar_sum + sums.diff_sum).backward()
     assert all(p.grad is None or p.grad.dtype == torch.float32 for p in module.parameters())  # float32 master
+
+
+def test_emulated_bf16_on_cpu_is_warned_about(monkeypatch: pytest.MonkeyPatch,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    with caplog.at_level(logging.WARNING):
+        assert not native_bf16(torch.device("cpu"))
+    assert "emulated" in caplog.text and "mixed_precision=null" in caplog.text
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert native_bf16(torch.device("cpu"))
 
 
 def test_compiled_layers_keep_checkpoint_keys_and_losses(vocab: UnifiedVocab, monkeypatch: pytest.MonkeyPatch,

@@ -51,6 +51,11 @@ def compose_cfg(overrides: list[str]) -> Any:
         return compose("config", overrides=overrides)
 
 
+def test_the_embedded_sweep_gives_every_variant_the_main_runs_budget() -> None:
+    cfg = compose_cfg(["codec=s3"])
+    assert cfg.sweep.train.max_steps == cfg.train.max_steps  # Table 1 at make run's budget, one per system
+
+
 def test_each_variant_is_composed_with_its_objective_and_its_own_run(tmp_path: Path) -> None:
     # the run's own objective choice is replaced per variant; key overrides of the group apply to every variant
     overrides = [f"paths.root={tmp_path}", "codec=s3", "objective=ttt_no_sst", "objective.p_mix=0.5",

@@ -216,6 +216,9 @@ def test_both_train_groups_compose_and_validate(tmp_path: Path) -> None:
     s_gpu = parse_settings(OmegaConf.to_container(gpu.train, resolve=True))
     assert s_cpu.world_size == 1 and s_cpu.scaling.threads_per_worker == 2 and s_cpu.scaling.backend == "gloo"
     assert s_cpu.scaling.resources_per_worker["CPU"] < 1
+    assert s_cpu.parallel.mixed_precision == "bf16" and s_cpu.parallel.compile  # one rank: autocast, compiled layers
+    assert s_cpu.row_tokens is not None and s_cpu.row_tokens < s_cpu.max_tokens
+    assert s_gpu.row_tokens is None and not s_gpu.parallel.compile
     assert s_gpu.world_size == 32 and s_gpu.scaling.use_gpu and s_gpu.scaling.backend == "nccl"
     assert s_gpu.scaling.resources_per_worker["GPU"] == 1 and s_gpu.parallel.mixed_precision == "bf16"
     assert s_gpu.parallel.activation_checkpointing and s_gpu.batch.global_size == 2048

@@ -160,6 +160,16 @@ def compile_layers(lm: torch.nn.Module, device: torch.device) -> bool:
     return True
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 natively; on a CPU without AVX512-BF16 or AMX (bf16 is then emulated, slower
+    than float32) warn and say how to turn it off. The embedded preset's bf16 was measured on AMX cores."""
+    if device.type != "cpu" or torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
+        return True
+    logger.warning("train.parallel.mixed_precision=bf16 on a CPU without AVX512-BF16 or AMX: bf16 is emulated and "
+                   "likely slower than float32 here; set train.parallel.mixed_precision=null")
+    return False
+
+
 def batch_shape_stats(batch: PackedBatch) -> tuple[int, int]:
     """(target positions, sum over packed samples of length²): the LM-head and attention terms of FlopsModel."""
     targets = int((batch.loss_kind > 0).sum())
@@ -227,6 +237,8 @@ class TrainWorker:
         self.module.train()
         if not shard(self.module, self.s.parallel, self.device):
             self.module.autocast = COMPUTE_DTYPES[self.s.parallel.mixed_precision]
+            if self.module.autocast is not None and self.rank == 0:
+                native_bf16(self.device)
             if self.rank == 0:
                 logger.info("one rank: the model is not wrapped in FSDP2 (it would shard nothing); compute in %s",
                             self.module.autocast or torch.float32)

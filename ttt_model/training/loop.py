@@ -78,9 +78,9 @@ logger = logging.getLogger(__name__)
 
 LM_ATTR = "lm"
 SAMPLE_TRACE_DIR = "samples"
-# Per-step sums all-reduced across ranks, in this order (one collective per step).
 # train.parallel.mixed_precision -> the autocast dtype of an unwrapped rank
 COMPUTE_DTYPES: dict[str | None, torch.dtype | None] = {None: None, "bf16": torch.bfloat16}
+# Per-step sums all-reduced across ranks, in this order (one collective per step).
 _SUMS = ("loss_ar", "loss_diffusion", "tokens", "padding", "targets", "sum_sq_lengths", "rows", "samples",
          "dropped", "truncated", "banom", "ppm", "sst", "masked", "p_sum")
 
@@ -92,7 +92,7 @@ class LossModule(torch.nn.Module):
     `autocast`: a dtype to compute in under `torch.autocast` (float32 weights and gradients, matmuls and
     attention in that dtype, norms, softmax and the loss's cross-entropy in float32), or None. The loop sets it
     for bf16 on one unwrapped rank, where FSDP2's MixedPrecisionPolicy is not there to cast. On the embedded
-    box's AMX cores it runs the small model's step 1.8x faster than float32 (bench/train_throughput.py)."""
+    box's AMX cores it runs the small model's training 1.6x faster than float32 end to end (bench/RESULTS.md)."""
 
     def __init__(self, lm: torch.nn.Module, diffusion_ids: torch.Tensor | None, chunk_size: int,
                  checkpoint: bool, autocast: torch.dtype | None = None) -> None:
@@ -237,9 +237,9 @@ class TrainWorker:
         self.module.train()
         if not shard(self.module, self.s.parallel, self.device):
             self.module.autocast = COMPUTE_DTYPES[self.s.parallel.mixed_precision]
-            if self.module.autocast is not None and self.rank == 0:
-                native_bf16(self.device)
             if self.rank == 0:
+                if self.module.autocast is not None:
+                    native_bf16(self.device)
                 logger.info("one rank: the model is not wrapped in FSDP2 (it would shard nothing); compute in %s",
                             self.module.autocast or torch.float32)
         self.optimizer = build_optimizer(self.module, self.s.optim)

@@ -13,6 +13,7 @@ Directories under `paths.raw`:
     AISHELL-2/iOS/data/...                             aishell2 train (Mandarin)
     AISHELL-DEV-TEST-SET/iOS/{dev,test}/...            aishell2 dev/test
     lhotse-synthetic/                                  lhotse manifests (English), parts train/test
+    lhotse-tts/                                        lhotse manifests, English TTS training speech in one voice
     spoken_qa/train/eval_datas/<subset>/...            OpenAudioBench layout, QA for audio-chat training
     spoken_qa/eval/eval_datas/<subset>/...             OpenAudioBench layout, held-out evaluation QA
     openhermes/openhermes2_5.json                      OpenHermes-2.5 chat (text only)
@@ -45,7 +46,8 @@ GENERATOR_VERSION = 2
 MARKER = "prepared.json"
 GENERATOR = "pipelines.synthetic"
 CV_DIR = "cv-corpus-1.0-synthetic"
-OWNED_DIRS = ("LibriSpeech", CV_DIR, "AISHELL-2", "AISHELL-DEV-TEST-SET", "lhotse-synthetic", "spoken_qa",
+OWNED_DIRS = ("LibriSpeech", CV_DIR, "AISHELL-2", "AISHELL-DEV-TEST-SET", "lhotse-synthetic", "lhotse-tts",
+              "spoken_qa",
               "openhermes", "documents")
 LOSSLESS = (".flac", ".wav")
 
@@ -61,6 +63,8 @@ class PrepareConfig:
     commonvoice: Mapping[str, Mapping[str, Any]]
     aishell2: Mapping[str, int]
     lhotse: Mapping[str, int]
+    tts_speaker: Speaker | None  # the one voice of the English TTS corpus (None: no such corpus)
+    tts_train: int  # its sentences
     spoken_qa: Mapping[str, Mapping[str, int]]
     chat: int
     documents: int
@@ -68,11 +72,15 @@ class PrepareConfig:
 
     @staticmethod
     def from_mapping(m: Mapping[str, Any]) -> PrepareConfig:
-        known = {"workers", "textgen", "speakers", "librispeech", "commonvoice", "aishell2", "lhotse", "spoken_qa",
-                 "chat", "documents", "codec_fit_seconds_per_voice"}
+        known = {"workers", "textgen", "speakers", "librispeech", "commonvoice", "aishell2", "lhotse", "tts",
+                 "spoken_qa", "chat", "documents", "codec_fit_seconds_per_voice"}
         reject_unknown_keys(m, known, "prepare config")
-        speakers = {lang: tuple(Speaker(str(s["voice"]), float(s.get("speed", 1.0)), str(s.get("gender") or ""))
-                                for s in specs) for lang, specs in (m.get("speakers") or {}).items()}
+        speakers = {lang: tuple(_speaker(s) for s in specs) for lang, specs in (m.get("speakers") or {}).items()}
+        tts = m.get("tts") or {}
+        reject_unknown_keys(tts, {"speaker", "train"}, "prepare config: tts")
+        tts_train = int(tts.get("train", 0))
+        if tts_train and not tts.get("speaker"):
+            raise ValueError("prepare config: tts.train needs tts.speaker (the corpus's one voice)")
         for lang in ("en", "zh"):
             if not speakers.get(lang):
                 raise ValueError(f"prepare config: speakers.{lang} must list at least one voice")
@@ -86,10 +94,16 @@ class PrepareConfig:
             speakers=speakers, librispeech=dict(m.get("librispeech") or {}),
             commonvoice={k: dict(v) for k, v in (m.get("commonvoice") or {}).items()},
             aishell2=dict(m.get("aishell2") or {}), lhotse=dict(m.get("lhotse") or {}),
+            tts_speaker=_speaker(tts["speaker"]) if tts_train else None, tts_train=tts_train,
             spoken_qa={k: dict(v) for k, v in (m.get("spoken_qa") or {}).items()},
             chat=int(m.get("chat", 0)), documents=int(m.get("documents", 0)),
             codec_fit_seconds_per_voice=float(m.get("codec_fit_seconds_per_voice", 60.0)),
         )
+
+
+def _speaker(spec: Mapping[str, Any]) -> Speaker:
+    reject_unknown_keys(spec, {"voice", "speed", "gender"}, "prepare config: a speaker")
+    return Speaker(str(spec["voice"]), float(spec.get("speed", 1.0)), str(spec.get("gender") or ""))
 
 
 # ---------------------------------------------------------------- planning (pure: no audio is made here)
@@ -158,6 +172,14 @@ def plan_corpora(cfg: PrepareConfig, raw: Path, seed: int) -> Plans:
                 recs.append([Spoken(t, speaker) for t in english(rec_rng.randint(1, 3), part)])
             parts[part] = recs
         plans.append(layouts.lhotse_manifests(raw / "lhotse-synthetic", parts))
+    if cfg.tts_speaker is not None:
+        # Last of the English corpora, so adding it leaves every other corpus's sentences as they were.
+        speaker = cfg.tts_speaker
+        tts = layouts.lhotse_manifests(raw / "lhotse-tts", {"train": [[Spoken(t, speaker)] for t in
+                                                                       english(cfg.tts_train, "train")]},
+                                       prefix="tts", name="tts_en")
+        tts.task = "tts"
+        plans.append(tts)
     plans += _spoken_qa_plans(cfg, raw, seed, train_items, heldout_items)
     conv_rng = rng_for(seed, "conversations")
     conversations = textgen.conversations(cfg.chat, conv_rng, train_items, train_statements, tg)

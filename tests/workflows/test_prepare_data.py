@@ -33,6 +33,7 @@ TINY: dict[str, Any] = {
     "commonvoice": {"en": {"header": "new", "train": 2, "test": 1}, "zh-CN": {"header": "old", "train": 1, "dev": 1}},
     "aishell2": {"train": 2, "test": 1},
     "lhotse": {"train": 1, "test": 1},
+    "tts": {"speaker": {"voice": "espeak:en"}, "train": 2},
     "spoken_qa": {"train": {"llama_questions": 2, "trivia_qa": 1}, "eval": {"llama_questions": 1, "trivia_qa": 2}},
     "chat": 6,
     "documents": 2,
@@ -156,6 +157,22 @@ def test_shipped_sizes_plan(tmp_path: Path, name: str) -> None:
         librispeech = next(p for p in plans.speech if p.name == "librispeech")
         first = sorted((j.path, j.voice) for j in librispeech.jobs if "/test-clean/" in j.path)[:10]
         assert {voice for _, voice in first} == {"espeak:en"}
+    # TTS trains on its own corpus in one voice at one speed, one sentence per recording, new training sentences
+    tts = next(p for p in plans.speech if p.name == "tts_en")
+    assert tts.task == "tts" and tts.counts == {"train": conf["tts"]["train"]}
+    assert {(j.voice, j.speed, j.split, len(j.texts)) for j in tts.jobs} == {("espeak:en", 1.0, "train", 1)}
+    asr_train = {t for p in plans.speech if p.name == "librispeech" for j in p.jobs for t in j.texts}
+    assert asr_train.isdisjoint(t for j in tts.jobs for t in j.texts)
+
+
+def test_tts_corpus_config_is_checked() -> None:
+    with pytest.raises(ValueError, match=r"tts\.train needs tts\.speaker"):
+        PrepareConfig.from_mapping({**TINY, "tts": {"train": 5}})
+    with pytest.raises(ValueError, match="voices"):
+        PrepareConfig.from_mapping({**TINY, "tts": {"speaker": {"voice": "espeak:en"}, "train": 5, "voices": 2}})
+    with pytest.raises(ValueError, match="spead"):
+        PrepareConfig.from_mapping({**TINY, "tts": {"speaker": {"voice": "espeak:en", "spead": 1.1}, "train": 5}})
+    assert PrepareConfig.from_mapping({**TINY, "tts": {}}).tts_speaker is None
 
 
 ENGLISH_ASR = ("librispeech", "commonvoice_en", "lhotse")
@@ -176,7 +193,7 @@ def test_heldout_english_sentences_are_new_combinations_of_training_words(tmp_pa
     train_asr = [t for p in english for j in p.jobs if j.split == "train" for t in j.texts]
     assert len(heldout) >= 100 and len(train_asr) >= 3000
 
-    # every training source: ASR and TTS audio (the TTS source reads train-clean-100), spoken QA, chat, documents
+    # every training source: ASR and TTS audio, spoken QA, chat, documents
     training = [t for p in plans.speech for j in p.jobs if j.split == "train" for t in j.texts]
     training += [t for c in plans.conversations for turn in c.turns for t in turn] + [d.text for d in plans.documents]
     haystack = "\n".join(f" {' '.join(_words(t))} " for t in training)
@@ -190,7 +207,8 @@ def test_heldout_english_sentences_are_new_combinations_of_training_words(tmp_pa
 
 
 def test_force_redoes_and_foreign_corpora_are_never_deleted(tmp_path: Path) -> None:
-    text_only = {**TINY, "librispeech": {}, "commonvoice": {}, "aishell2": {}, "lhotse": {}, "spoken_qa": {}}
+    text_only = {**TINY, "librispeech": {}, "commonvoice": {}, "aishell2": {}, "lhotse": {}, "tts": {},
+                 "spoken_qa": {}}
     raw = tmp_path / "raw"
     first = prepare(text_only, raw)
     chat = raw / "openhermes" / "openhermes2_5.json"

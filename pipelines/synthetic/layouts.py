@@ -263,8 +263,8 @@ _LHOTSE_LANGUAGES = {"en": "English", "zh": "Chinese"}  # lhotse recipes write l
 
 
 def lhotse_manifests(root: Path, parts: Mapping[str, Sequence[Sequence[Spoken]]], prefix: str = "synthetic",
-                     language: str = "en", name: str = "lhotse") -> CorpusPlan:
-    """Each part is a list of recordings, each a list of sentences by one speaker."""
+                     language: str = "en", name: str = "lhotse", task: str = "") -> CorpusPlan:
+    """Each part is a list of recordings, each a list of sentences by one speaker; `task` as in CorpusPlan."""
     jobs: list[SynthesisJob] = []
     recordings: dict[str, list[tuple[str, str, str, Sequence[Spoken]]]] = {}  # part -> (id, path, speaker, texts)
     for part, recs in parts.items():
@@ -304,7 +304,7 @@ def lhotse_manifests(root: Path, parts: Mapping[str, Sequence[Sequence[Spoken]]]
             _write_jsonl_gz(root / f"{prefix}_supervisions_{part}.jsonl.gz", sup_lines)
 
     counts = {part: sum(len(r) for r in recs) for part, recs in parts.items()}
-    return CorpusPlan(name, "lhotse", root, language, jobs, write, counts)
+    return CorpusPlan(name, "lhotse", root, language, jobs, write, counts, task=task)
 
 
 def _write_jsonl_gz(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:

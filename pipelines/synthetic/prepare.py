@@ -47,8 +47,7 @@ MARKER = "prepared.json"
 GENERATOR = "pipelines.synthetic"
 CV_DIR = "cv-corpus-1.0-synthetic"
 OWNED_DIRS = ("LibriSpeech", CV_DIR, "AISHELL-2", "AISHELL-DEV-TEST-SET", "lhotse-synthetic", "lhotse-tts",
-              "spoken_qa",
-              "openhermes", "documents")
+              "spoken_qa", "openhermes", "documents")
 LOSSLESS = (".flac", ".wav")
 
 
@@ -174,12 +173,9 @@ def plan_corpora(cfg: PrepareConfig, raw: Path, seed: int) -> Plans:
         plans.append(layouts.lhotse_manifests(raw / "lhotse-synthetic", parts))
     if cfg.tts_speaker is not None:
         # Last of the English corpora, so adding it leaves every other corpus's sentences as they were.
-        speaker = cfg.tts_speaker
-        tts = layouts.lhotse_manifests(raw / "lhotse-tts", {"train": [[Spoken(t, speaker)] for t in
-                                                                       english(cfg.tts_train, "train")]},
-                                       prefix="tts", name="tts_en")
-        tts.task = "tts"
-        plans.append(tts)
+        recordings = [[Spoken(t, cfg.tts_speaker)] for t in english(cfg.tts_train, "train")]
+        plans.append(layouts.lhotse_manifests(raw / "lhotse-tts", {"train": recordings}, prefix="tts", name="tts_en",
+                                              task="tts"))
     plans += _spoken_qa_plans(cfg, raw, seed, train_items, heldout_items)
     conv_rng = rng_for(seed, "conversations")
     conversations = textgen.conversations(cfg.chat, conv_rng, train_items, train_statements, tg)
